@@ -1,0 +1,8 @@
+#![doc = include_str!("../README.md")]
+
+pub mod env;
+pub mod health;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use shutdown::shutdown_token;
