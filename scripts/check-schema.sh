@@ -3,10 +3,20 @@
 # from migrations/: creates a scratch database, runs every migration with the
 # diesel CLI, prints the schema, diffs it against the committed file and drops
 # the scratch database. Exits 0 when up to date, 1 when stale, 2 on setup errors.
-# Installs nothing.
+# Installs nothing (`make tools` does).
+#
+#   scripts/check-schema.sh           check (CI)
+#   scripts/check-schema.sh --write   regenerate schema.rs instead (`make schema`)
 #
 #   SCHEMA_CHECK_SERVER_URL  server to use (default postgres://postgres@127.0.0.1:5432)
 set -euo pipefail
+
+mode=check
+case "${1:-}" in
+    "") ;;
+    --write) mode=write ;;
+    *) echo "usage: $0 [--write]" >&2; exit 2 ;;
+esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -52,12 +62,21 @@ if ! diesel print-schema --database-url "$scratch_url" >"$work_dir/schema.rs" 2>
     exit 2
 fi
 
+if [ "$mode" = write ]; then
+    if cmp -s "$work_dir/schema.rs" "$schema_file"; then
+        echo "check-schema: ${schema_file} was already up to date."
+    else
+        cp "$work_dir/schema.rs" "$schema_file"
+        echo "check-schema: regenerated ${schema_file} from migrations/."
+    fi
+    exit 0
+fi
+
 if ! diff -u "$schema_file" "$work_dir/schema.rs" >"$work_dir/schema.diff"; then
     cat "$work_dir/schema.diff"
     echo >&2
     echo "check-schema: ${schema_file} is STALE: it differs from what the migrations generate (diff above)." >&2
-    echo "check-schema: regenerate it with 'diesel migration run' (or 'diesel print-schema > ${schema_file}')" >&2
-    echo "check-schema: against a migrated database; never edit it by hand." >&2
+    echo "check-schema: regenerate it with 'make schema' (scripts/check-schema.sh --write); never edit it by hand." >&2
     exit 1
 fi
 

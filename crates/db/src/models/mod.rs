@@ -1,0 +1,15 @@
+//! One module per shared table or per service: `Queryable + Selectable` row structs, `New*`
+//! `Insertable`s, and queries taking `&mut AsyncPgConnection` and returning `QueryResult`.
+//! Callers own the connection and any transaction around several calls.
+//!
+//! `tenant` and `processed_event` are shared by every service; `sender`, `conversation` and
+//! `scheduler` hold the queries of the service with the same name (`schema.rs` covers every table).
+
+pub mod conversation;
+pub mod processed_event;
+pub mod scheduler;
+pub mod sender;
+pub mod tenant;
+
+pub use processed_event::ProcessedEvent;
+pub use tenant::{NewTenant, Tenant};

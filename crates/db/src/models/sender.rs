@@ -1,0 +1,419 @@
+//! Sender tables: `send_jobs` (idempotency and outcome of every send-job), `send_attempts` (one row
+//! per Graph call), `customer_windows` (the 24-hour window), `rate_limits` (the GCRA limiter shared
+//! by every sender replica), plus the sender's reads of `templates` and `tenants.paused_at`.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::schema::{customer_windows, send_attempts, send_jobs, templates, tenants};
+
+/// A `send_jobs` row.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = send_jobs, check_for_backend(diesel::pg::Pg))]
+pub struct SendJobRow {
+    /// The job's tenant.
+    pub tenant_id: String,
+    /// The producer's idempotency key.
+    pub job_id: String,
+    /// `received`, `sending`, `accepted`, `failed` or `unknown`.
+    pub state: String,
+    /// Normalised recipient.
+    pub to_e164: Option<String>,
+    /// `interactive`, `transactional` or `bulk`.
+    pub priority: String,
+    /// Graph `type` word.
+    pub message_type: String,
+    /// Echoed reference kind.
+    pub reference_kind: Option<String>,
+    /// Echoed reference id.
+    pub reference_id: Option<String>,
+    /// Meta's id once accepted.
+    pub wa_message_id: Option<String>,
+    /// Graph calls made so far.
+    pub attempts: i32,
+    /// Last Graph error code.
+    pub last_meta_code: Option<i64>,
+    /// Final failure word.
+    pub failure_reason: Option<String>,
+    /// Final failure detail.
+    pub failure_detail: Option<String>,
+    /// The job's deadline.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// First intake.
+    pub first_seen_at: DateTime<Utc>,
+    /// Start of the latest Graph call.
+    pub sending_started_at: Option<DateTime<Utc>>,
+    /// When Meta accepted it.
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// When it failed for good.
+    pub failed_at: Option<DateTime<Utc>>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What intake records about a new job.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = send_jobs)]
+pub struct NewSendJob<'a> {
+    /// See [`SendJobRow::tenant_id`].
+    pub tenant_id: &'a str,
+    /// See [`SendJobRow::job_id`].
+    pub job_id: &'a str,
+    /// See [`SendJobRow::to_e164`].
+    pub to_e164: Option<&'a str>,
+    /// See [`SendJobRow::priority`].
+    pub priority: &'a str,
+    /// See [`SendJobRow::message_type`].
+    pub message_type: &'a str,
+    /// See [`SendJobRow::reference_kind`].
+    pub reference_kind: Option<&'a str>,
+    /// See [`SendJobRow::reference_id`].
+    pub reference_id: Option<&'a str>,
+    /// See [`SendJobRow::expires_at`].
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// How one Graph call ended, for `send_attempts`.
+#[derive(Debug, Clone)]
+pub struct AttemptResult<'a> {
+    /// HTTP status, when an answer came.
+    pub http_status: Option<i32>,
+    /// Graph error code, when Meta gave one.
+    pub meta_code: Option<i64>,
+    /// Sender's word: `accepted`, `transient`, `permanent`, `auth`, `unknown`.
+    pub outcome: &'a str,
+    /// Detail (never secrets, never message bodies).
+    pub detail: Option<&'a str>,
+    /// Meta's trace id for support tickets.
+    pub fbtrace_id: Option<&'a str>,
+}
+
+impl SendJobRow {
+    /// Inserts the job unless `(tenant_id, job_id)` exists, and returns the stored row either way
+    /// (so a republished job sees the state of the first copy).
+    pub async fn insert_or_get(
+        conn: &mut AsyncPgConnection,
+        new: &NewSendJob<'_>,
+    ) -> QueryResult<SendJobRow> {
+        let inserted = diesel::insert_into(send_jobs::table)
+            .values(new)
+            .on_conflict((send_jobs::tenant_id, send_jobs::job_id))
+            .do_nothing()
+            .returning(SendJobRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        match inserted {
+            Some(row) => Ok(row),
+            None => Self::get(conn, new.tenant_id, new.job_id).await,
+        }
+    }
+
+    /// The job's row.
+    pub async fn get(
+        conn: &mut AsyncPgConnection,
+        tenant_id: &str,
+        job_id: &str,
+    ) -> QueryResult<SendJobRow> {
+        send_jobs::table
+            .find((tenant_id, job_id))
+            .select(SendJobRow::as_select())
+            .first(conn)
+            .await
+    }
+
+    /// Claims the job for a Graph call: only from `received` (never twice at once, never after an
+    /// outcome); bumps `attempts` and opens a `send_attempts` row. `None` when the job is not in
+    /// `received` any more.
+    pub async fn begin_attempt(
+        conn: &mut AsyncPgConnection,
+        tenant_id: &str,
+        job_id: &str,
+    ) -> QueryResult<Option<SendJobRow>> {
+        let row = diesel::update(send_jobs::table.find((tenant_id, job_id)))
+            .filter(send_jobs::state.eq("received"))
+            .set((
+                send_jobs::state.eq("sending"),
+                send_jobs::attempts.eq(send_jobs::attempts + 1),
+                send_jobs::sending_started_at.eq(diesel::dsl::now),
+            ))
+            .returning(SendJobRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        if let Some(row) = &row {
+            diesel::insert_into(send_attempts::table)
+                .values((
+                    send_attempts::tenant_id.eq(tenant_id),
+                    send_attempts::job_id.eq(job_id),
+                    send_attempts::attempt.eq(row.attempts),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        Ok(row)
+    }
+
+    /// Closes the current attempt row.
+    pub async fn finish_attempt(
+        conn: &mut AsyncPgConnection,
+        tenant_id: &str,
+        job_id: &str,
+        attempt: i32,
+        result: &AttemptResult<'_>,
+    ) -> QueryResult<()> {
+        diesel::update(
+            send_attempts::table
+                .filter(send_attempts::tenant_id.eq(tenant_id))
+                .filter(send_attempts::job_id.eq(job_id))
+                .filter(send_attempts::attempt.eq(attempt)),
+        )
+        .set((
+            send_attempts::finished_at.eq(diesel::dsl::now),
+            send_attempts::http_status.eq(result.http_status),
+            send_attempts::meta_code.eq(result.meta_code),
+            send_attempts::outcome.eq(result.outcome),
+            send_attempts::detail.eq(result.detail),
+            send_attempts::fbtrace_id.eq(result.fbtrace_id),
+        ))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Meta accepted it: store the wamid (only from `sending` or `unknown`). Returns the row when
+    /// this call made the change.
+    pub async fn mark_accepted(
+        conn: &mut AsyncPgConnection,
+        tenant_id: &str,
+        job_id: &str,
+        wa_message_id: &str,
+        accepted_at: DateTime<Utc>,
+    ) -> QueryResult<Option<SendJobRow>> {
+        diesel::update(send_jobs::table.find((tenant_id, job_id)))
+            .filter(send_jobs::state.eq_any(["sending", "unknown"]))
+            .set((
+                send_jobs::state.eq("accepted"),
+                send_jobs::wa_message_id.eq(wa_message_id),
+                send_jobs::accepted_at.eq(accepted_at),
+            ))
+            .returning(SendJobRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()
+    }
+
+    /// Final failure (from any non-final state). Returns the row when this call made the change.
+    pub async fn mark_failed(
+        conn: &mut AsyncPgConnection,
+        tenant_id: &str,
+        job_id: &str,
+        reason: &str,
+        meta_code: Option<i64>,
+        detail: &str,
+    ) -> QueryResult<Option<SendJobRow>> {
+        diesel::update(send_jobs::table.find((tenant_id, job_id)))
+            .filter(send_jobs::state.eq_any(["received", "sending", "unknown"]))
+            .set((
+                send_jobs::state.eq("failed"),
+                send_jobs::failure_reason.eq(reason),
+                send_jobs::failure_detail.eq(detail),
+                send_jobs::last_meta_code.eq(meta_code),
+                send_jobs::failed_at.eq(diesel::dsl::now),
+            ))
+            .returning(SendJobRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()
+    }
+
+    /// A transient failure: back to `received` so a later delivery may try again.
+    pub async fn mark_retryable(
+        conn: &mut AsyncPgConnection,
+        tenant_id: &str,
+        job_id: &str,
+        meta_code: Option<i64>,
+    ) -> QueryResult<()> {
+        diesel::update(send_jobs::table.find((tenant_id, job_id)))
+            .filter(send_jobs::state.eq("sending"))
+            .set((
+                send_jobs::state.eq("received"),
+                send_jobs::last_meta_code.eq(meta_code),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The call may have reached Meta (timeout after sending, or a crash mid-call): never resend
+    /// blindly; a status webhook or the unknown-outcome timeout settles it.
+    pub async fn mark_unknown(
+        conn: &mut AsyncPgConnection,
+        tenant_id: &str,
+        job_id: &str,
+    ) -> QueryResult<()> {
+        diesel::update(send_jobs::table.find((tenant_id, job_id)))
+            .filter(send_jobs::state.eq("sending"))
+            .set(send_jobs::state.eq("unknown"))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Jobs in `unknown` (or stuck in `sending`) whose last call started before `cutoff`: claimed
+    /// as `failed` with `reason` in one statement, so only one replica reports each.
+    pub async fn fail_stale_unknown(
+        conn: &mut AsyncPgConnection,
+        cutoff: DateTime<Utc>,
+        reason: &str,
+        detail: &str,
+    ) -> QueryResult<Vec<SendJobRow>> {
+        diesel::update(
+            send_jobs::table
+                .filter(send_jobs::state.eq_any(["unknown", "sending"]))
+                .filter(send_jobs::sending_started_at.lt(cutoff)),
+        )
+        .set((
+            send_jobs::state.eq("failed"),
+            send_jobs::failure_reason.eq(reason),
+            send_jobs::failure_detail.eq(detail),
+            send_jobs::failed_at.eq(diesel::dsl::now),
+        ))
+        .returning(SendJobRow::as_returning())
+        .get_results(conn)
+        .await
+    }
+}
+
+/// Records an inbound message: the window is the latest inbound time (replays and out-of-order
+/// events never move it backwards).
+pub async fn record_inbound(
+    conn: &mut AsyncPgConnection,
+    tenant_id: &str,
+    wa_id: &str,
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::insert_into(customer_windows::table)
+        .values((
+            customer_windows::tenant_id.eq(tenant_id),
+            customer_windows::wa_id.eq(wa_id),
+            customer_windows::last_inbound_at.eq(at),
+        ))
+        .on_conflict((customer_windows::tenant_id, customer_windows::wa_id))
+        .do_update()
+        .set(
+            customer_windows::last_inbound_at.eq(diesel::dsl::sql::<Timestamptz>(
+                "GREATEST(customer_windows.last_inbound_at, excluded.last_inbound_at)",
+            )),
+        )
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The recipient's last inbound message time, if we ever saw one.
+pub async fn last_inbound(
+    conn: &mut AsyncPgConnection,
+    tenant_id: &str,
+    wa_id: &str,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    customer_windows::table
+        .find((tenant_id, wa_id))
+        .select(customer_windows::last_inbound_at)
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// What the template registry knows about `(tenant, name, language)`: `(status, parameter_count)`.
+pub async fn template_status(
+    conn: &mut AsyncPgConnection,
+    tenant_id: &str,
+    name: &str,
+    language: &str,
+) -> QueryResult<Option<(String, i32)>> {
+    templates::table
+        .find((tenant_id, name, language))
+        .select((templates::status, templates::parameter_count))
+        .first(conn)
+        .await
+        .optional()
+}
+
+#[derive(QueryableByName)]
+struct Reserved {
+    #[diesel(sql_type = Double)]
+    delay_secs: f64,
+}
+
+/// GCRA reservation shared by all replicas: reserves `count` consecutive send slots spaced
+/// `interval_us` apart for `key`, none earlier than `lead_us` from now (so the caller has time to
+/// prepare each send before its slot), and returns how many seconds from now the first slot is.
+/// Measured on the database clock, so replicas on different hosts agree; the row lock serialises
+/// concurrent callers, so slots never overlap whichever replica asks.
+pub async fn reserve_rate_slots(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+    interval_us: i64,
+    count: i64,
+    lead_us: i64,
+) -> QueryResult<f64> {
+    let reserved: Reserved = diesel::sql_query(
+        "INSERT INTO rate_limits AS r (key, tat) \
+         VALUES ($1, clock_timestamp() + make_interval(secs => ($4 + $2 * $3)::double precision / 1e6)) \
+         ON CONFLICT (key) DO UPDATE SET tat = \
+             GREATEST(r.tat, clock_timestamp() + make_interval(secs => $4::double precision / 1e6)) \
+             + make_interval(secs => ($2 * $3)::double precision / 1e6) \
+         RETURNING EXTRACT(EPOCH FROM (r.tat - make_interval(secs => ($2 * $3)::double precision / 1e6) \
+             - clock_timestamp()))::double precision AS delay_secs",
+    )
+    .bind::<Text, _>(key)
+    .bind::<BigInt, _>(interval_us)
+    .bind::<BigInt, _>(count)
+    .bind::<BigInt, _>(lead_us)
+    .get_result(conn)
+    .await?;
+    Ok(reserved.delay_secs)
+}
+
+/// Pauses a tenant's sending (auth error); keeps the first pause time. True when it was not paused.
+pub async fn pause_tenant(
+    conn: &mut AsyncPgConnection,
+    tenant_id: &str,
+    reason: &str,
+) -> QueryResult<bool> {
+    let changed = diesel::update(tenants::table.find(tenant_id))
+        .filter(tenants::paused_at.is_null())
+        .set((
+            tenants::paused_at.eq(diesel::dsl::now),
+            tenants::pause_reason.eq(reason),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(changed > 0)
+}
+
+/// Resumes a tenant's sending after a successful probe.
+pub async fn resume_tenant(conn: &mut AsyncPgConnection, tenant_id: &str) -> QueryResult<()> {
+    diesel::update(tenants::table.find(tenant_id))
+        .set((
+            tenants::paused_at.eq(None::<DateTime<Utc>>),
+            tenants::pause_reason.eq(None::<String>),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether the tenant is paused (shared by every replica).
+pub async fn is_tenant_paused(conn: &mut AsyncPgConnection, tenant_id: &str) -> QueryResult<bool> {
+    let paused: Option<Option<DateTime<Utc>>> = tenants::table
+        .find(tenant_id)
+        .select(tenants::paused_at)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(paused.flatten().is_some())
+}

@@ -1,0 +1,2 @@
+DROP TABLE tenants;
+DROP FUNCTION set_updated_at();

@@ -1,0 +1,5 @@
+DROP TABLE media;
+DROP TABLE message_statuses;
+DROP TABLE messages;
+DROP TABLE conversations;
+DROP TABLE contacts;
