@@ -1,0 +1,265 @@
+//! Opening a broker connection with lapin's automatic recovery switched on.
+//!
+//! Use **two connections per process**: one for publishing ([`crate::Publisher`]) and one for
+//! consuming ([`crate::run_consumer`]). RabbitMQ applies flow control per connection, so a publisher
+//! being throttled must not be able to stall the acks of a consumer (RabbitMQ docs: connections,
+//! production checklist). Channels are cheap; connections are not: never open one per message.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::AmqpError;
+
+/// Attempts of the initial connect for failures lapin does not already retry (handshake refused
+/// while the broker boots, for example). Bounded so a misconfigured service fails fast.
+const INITIAL_CONNECT_ATTEMPTS: usize = 5;
+
+/// The backoff lapin uses to re-establish TCP after the connection drops (and for the first TCP
+/// connect). Roughly 2–3 minutes in total, enough for a broker restart or a rolling upgrade; after
+/// that lapin gives up, the consume loop returns [`AmqpError::ConnectionLost`] and the orchestrator
+/// restarts the process, which is the supervisor of last resort.
+fn recovery_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .with_max_times(15)
+}
+
+/// Connects to `url` with automatic recovery, naming the connection `connection_name` in the
+/// management UI; retries the initial connect a bounded number of times and logs the broker version.
+///
+/// Lapin recovers the connection, its channels, consumers, QoS and confirm mode after a network
+/// error or broker restart; callers still see one error per in-flight operation and must call
+/// `channel.wait_for_recovery(err)` (the [`crate::Publisher`] and the consume loop do this).
+pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, AmqpError> {
+    let redacted = redact_url(url);
+    let uri: AMQPUri = url.parse().map_err(|reason| AmqpError::InvalidUrl {
+        url: redacted.clone(),
+        reason,
+    })?;
+    let properties = ConnectionProperties::default()
+        .with_connection_name(connection_name.into())
+        .with_backoff(recovery_backoff())
+        .enable_auto_recover();
+
+    let attempt = || Connection::connect_uri(uri.clone(), properties.clone());
+    let connection = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .with_max_times(INITIAL_CONNECT_ATTEMPTS),
+        )
+        .when(is_worth_retrying)
+        .notify(|err, after| {
+            tracing::warn!(url = %redacted, error = %err, retry_in = ?after, "broker connect failed, retrying");
+        })
+        .await
+        .map_err(|source| AmqpError::Connect {
+            url: redacted.clone(),
+            source,
+        })?;
+
+    log_broker_version(&uri, &redacted).await;
+    tracing::info!(
+        url = %redacted,
+        connection_name,
+        heartbeat_s = connection.configuration().heartbeat(),
+        frame_max = connection.configuration().frame_max(),
+        "connected to the broker"
+    );
+    Ok(connection)
+}
+
+/// Authentication and protocol mismatches will not fix themselves; everything else might.
+fn is_worth_retrying(err: &lapin::Error) -> bool {
+    !matches!(
+        err.kind(),
+        lapin::ErrorKind::AuthProviderError(_)
+            | lapin::ErrorKind::InvalidProtocolVersion(_)
+            | lapin::ErrorKind::NoDefaultRuntime
+            | lapin::ErrorKind::RuntimeShutdownError(_)
+    ) && !err.is_amqp_hard_error()
+}
+
+/// Returns `url` with the password replaced by `***`, so connection URLs can be logged.
+///
+/// Over-redacts rather than under-redacts when the URL is malformed.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        // Not a URL we understand; it could still hold a secret.
+        return if url.contains('@') {
+            "***".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host_and_path) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}{user}:***{host_and_path}"),
+        None => url.to_owned(),
+    }
+}
+
+/// What the broker says about itself in `connection.start` (`server-properties`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    /// `product`, e.g. `RabbitMQ`.
+    pub product: String,
+    /// `version`, e.g. `3.10.8`.
+    pub version: String,
+    /// `cluster_name`, when the broker sends it.
+    pub cluster_name: Option<String>,
+}
+
+static BROKER_VERSION_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Logs the broker product and version once per process (local 3.10 and production 4.x differ
+/// in defaults that matter to us, so the logs should say which one a service talked to).
+async fn log_broker_version(uri: &AMQPUri, redacted: &str) {
+    if BROKER_VERSION_LOGGED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    match probe_broker_info(uri).await {
+        Some(info) => tracing::info!(
+            url = %redacted,
+            broker_product = %info.product,
+            broker_version = %info.version,
+            cluster_name = info.cluster_name.as_deref().unwrap_or(""),
+            "broker identified"
+        ),
+        None => tracing::info!(url = %redacted, "broker version not probed (TLS or probe failed)"),
+    }
+}
+
+/// Reads the broker's `server-properties` by sending the AMQP protocol header on a short-lived TCP
+/// connection and parsing the `connection.start` reply; `None` for `amqps://` or on any failure.
+///
+/// lapin 4 does not expose the server properties of its own handshake, hence this probe. The
+/// broker logs the probe as a client that closed its TCP connection during the handshake (once
+/// per process start).
+pub async fn probe_broker_info(uri: &AMQPUri) -> Option<BrokerInfo> {
+    if uri.scheme != AMQPScheme::AMQP {
+        return None;
+    }
+    let address = (uri.authority.host.as_str(), uri.authority.port);
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
+        // Frame: type (1) = method, channel (2), size (4), payload, frame-end 0xCE.
+        let mut header = [0_u8; 7];
+        stream.read_exact(&mut header).await.ok()?;
+        if header[0] != 1 {
+            return None;
+        }
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        if size > 1 << 20 {
+            return None;
+        }
+        let mut payload = vec![0_u8; size];
+        stream.read_exact(&mut payload).await.ok()?;
+        parse_connection_start(&payload)
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn parse_connection_start(payload: &[u8]) -> Option<BrokerInfo> {
+    use lapin::protocol::{AMQPClass, connection::AMQPMethod};
+    let (_, class) = lapin::protocol::parse_class(payload).ok()?;
+    let AMQPClass::Connection(AMQPMethod::Start(start)) = class else {
+        return None;
+    };
+    let properties = &start.server_properties;
+    Some(BrokerInfo {
+        product: table_string(properties, "product").unwrap_or_default(),
+        version: table_string(properties, "version").unwrap_or_default(),
+        cluster_name: table_string(properties, "cluster_name"),
+    })
+}
+
+fn table_string(table: &FieldTable, key: &str) -> Option<String> {
+    match table.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_password_and_keeps_the_rest() {
+        assert_eq!(
+            redact_url("amqp://guest:s3cr3t@rabbit.internal:5672/%2f"),
+            "amqp://guest:***@rabbit.internal:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqps://svc:p%40ss@host/vh?heartbeat=10"),
+            "amqps://svc:***@host/vh?heartbeat=10"
+        );
+    }
+
+    #[test]
+    fn redact_url_leaves_urls_without_a_password_alone() {
+        assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+        assert_eq!(redact_url("amqp://guest@host/%2f"), "amqp://guest@host/%2f");
+    }
+
+    #[test]
+    fn redact_url_over_redacts_a_password_with_a_raw_at_sign() {
+        assert_eq!(
+            redact_url("amqp://user:pa@ss@host/%2f"),
+            "amqp://user:***@host/%2f"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_anything_with_credentials_that_is_not_a_url() {
+        assert_eq!(redact_url("guest:secret@host"), "***");
+    }
+
+    #[test]
+    fn connection_start_payload_yields_product_and_version() {
+        // class 10 (connection), method 10 (start), 0-9, server-properties, mechanisms, locales.
+        let mut table = Vec::new();
+        for (key, value) in [("product", "RabbitMQ"), ("version", "3.10.8")] {
+            table.push(key.len() as u8);
+            table.extend_from_slice(key.as_bytes());
+            table.push(b'S');
+            table.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            table.extend_from_slice(value.as_bytes());
+        }
+        let mut payload = vec![0, 10, 0, 10, 0, 9];
+        payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&table);
+        for long_string in ["PLAIN AMQPLAIN", "en_US"] {
+            payload.extend_from_slice(&(long_string.len() as u32).to_be_bytes());
+            payload.extend_from_slice(long_string.as_bytes());
+        }
+        assert_eq!(
+            parse_connection_start(&payload),
+            Some(BrokerInfo {
+                product: "RabbitMQ".into(),
+                version: "3.10.8".into(),
+                cluster_name: None
+            })
+        );
+    }
+}
