@@ -28,7 +28,9 @@ pub enum PhoneError {
     #[error("phone number is longer than {MAX_INPUT_CHARS} characters")]
     TooLong,
     /// A character that never appears in a phone number.
-    #[error("phone number contains {0:?}, only digits, '+', spaces, '-', '.', '/' and parentheses are allowed")]
+    #[error(
+        "phone number contains {0:?}, only digits, '+', spaces, '-', '.', '/' and parentheses are allowed"
+    )]
     BadCharacter(char),
     /// The digits do not form a number that exists in the numbering plan.
     #[error("{0:?} is not a valid phone number")]
@@ -183,18 +185,27 @@ mod tests {
 
     #[test]
     fn rejects_invalid_numbers_with_a_reason() {
-        let cases: &[(&str, fn(&PhoneError) -> bool)] = &[
+        type Check = fn(&PhoneError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, PhoneError::Empty)),
             ("---", |e| matches!(e, PhoneError::Empty)),
-            ("0812-3456-789O", |e| matches!(e, PhoneError::BadCharacter('O'))),
-            ("siti@example.com", |e| matches!(e, PhoneError::BadCharacter(_))),
+            ("0812-3456-789O", |e| {
+                matches!(e, PhoneError::BadCharacter('O'))
+            }),
+            ("siti@example.com", |e| {
+                matches!(e, PhoneError::BadCharacter(_))
+            }),
             ("12", |e| matches!(e, PhoneError::Invalid(_))),
             ("0812", |e| matches!(e, PhoneError::Invalid(_))),
             ("+62 812", |e| matches!(e, PhoneError::Invalid(_))),
             ("+999 1234 5678", |e| matches!(e, PhoneError::Invalid(_))),
-            ("08123456789012345678", |e| matches!(e, PhoneError::Invalid(_))),
+            ("08123456789012345678", |e| {
+                matches!(e, PhoneError::Invalid(_))
+            }),
             ("+62+812345678", |e| matches!(e, PhoneError::Invalid(_))),
-            ("0000000000000000000000000000000000000000", |e| matches!(e, PhoneError::TooLong)),
+            ("0000000000000000000000000000000000000000", |e| {
+                matches!(e, PhoneError::TooLong)
+            }),
         ];
         for (input, check) in cases {
             let err = E164::parse(input).expect_err(input);

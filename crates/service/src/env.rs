@@ -54,10 +54,13 @@ where
 {
     match var(name) {
         None => Ok(default),
-        Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-            name,
-            reason: format!("{raw:?}: {e}"),
-        }),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| ConfigError::Invalid {
+                name,
+                reason: format!("{raw:?}: {e}"),
+            }),
     }
 }
 
@@ -76,9 +79,16 @@ mod tests {
     #[test]
     fn errors_name_the_variable() {
         let missing = required_var("WA_TEST_SURELY_UNSET_VARIABLE").expect_err("unset");
-        assert_eq!(missing.to_string(), "WA_TEST_SURELY_UNSET_VARIABLE is required but not set");
+        assert_eq!(
+            missing.to_string(),
+            "WA_TEST_SURELY_UNSET_VARIABLE is required but not set"
+        );
         let parsed: Result<u32, _> = var_parsed("WA_TEST_SURELY_UNSET_VARIABLE", 7);
         assert_eq!(parsed.ok(), Some(7));
-        assert!(invalid("SENDER_RATE_PER_SECOND", "must be positive").to_string().starts_with("SENDER_RATE_PER_SECOND"));
+        assert!(
+            invalid("SENDER_RATE_PER_SECOND", "must be positive")
+                .to_string()
+                .starts_with("SENDER_RATE_PER_SECOND")
+        );
     }
 }

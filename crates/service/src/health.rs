@@ -7,10 +7,13 @@ use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+/// A named readiness flag.
+type Check = (&'static str, Arc<AtomicBool>);
+
 /// Readiness checks a service registers (broker channel open, database reachable, …).
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Arc<std::sync::RwLock<Vec<(&'static str, Arc<AtomicBool>)>>>,
+    checks: Arc<std::sync::RwLock<Vec<Check>>>,
 }
 
 impl Readiness {
@@ -89,9 +92,14 @@ pub struct HealthServer {
 
 impl HealthServer {
     /// Binds `addr` now (so a bad address fails at start-up), serving the three endpoints.
-    pub fn bind(addr: &str, readiness: Readiness, metrics: PrometheusHandle) -> anyhow::Result<Self> {
+    pub fn bind(
+        addr: &str,
+        readiness: Readiness,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Self> {
         let server = actix_web::HttpServer::new(move || {
-            actix_web::App::new().configure(|cfg| configure(cfg, readiness.clone(), metrics.clone()))
+            actix_web::App::new()
+                .configure(|cfg| configure(cfg, readiness.clone(), metrics.clone()))
         })
         .workers(1)
         .disable_signals()
@@ -136,19 +144,50 @@ mod tests {
         let running = tokio::spawn(server.run_until(shutdown.clone()));
         let client = reqwest::Client::new();
 
-        let health = client.get(format!("{base}/healthz")).send().await.expect("healthz");
+        let health = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
         assert_eq!(health.status(), 200);
-        let not_ready = client.get(format!("{base}/readyz")).send().await.expect("readyz");
+        let not_ready = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
         assert_eq!(not_ready.status(), 503);
-        assert!(not_ready.text().await.unwrap_or_default().contains("broker"));
+        assert!(
+            not_ready
+                .text()
+                .await
+                .unwrap_or_default()
+                .contains("broker")
+        );
         broker.store(true, Ordering::Relaxed);
-        let ready = client.get(format!("{base}/readyz")).send().await.expect("readyz");
+        let ready = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
         assert_eq!(ready.status(), 200);
         metrics::counter!("wa_test_total").increment(1);
-        let scraped = client.get(format!("{base}/metrics")).send().await.expect("metrics");
-        assert!(scraped.text().await.unwrap_or_default().contains("wa_test_total"));
+        let scraped = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        assert!(
+            scraped
+                .text()
+                .await
+                .unwrap_or_default()
+                .contains("wa_test_total")
+        );
 
         shutdown.cancel();
-        running.await.expect("join").expect("server stopped cleanly");
+        running
+            .await
+            .expect("join")
+            .expect("server stopped cleanly");
     }
 }

@@ -16,10 +16,8 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(err) = provider.shutdown() {
-                tracing::warn!(error = %err, "flushing traces failed");
-            }
+        if let Some(Err(err)) = self.provider.take().map(|provider| provider.shutdown()) {
+            tracing::warn!(error = %err, "flushing traces failed");
         }
     }
 }

@@ -72,8 +72,12 @@ impl TenantDirectory {
         if let Some(path) = env::var("TENANTS_FILE") {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| env::invalid("TENANTS_FILE", format!("cannot read {path}: {e}")))?;
-            let more: Vec<Tenant> = serde_json::from_str(&text)
-                .map_err(|e| env::invalid("TENANTS_FILE", format!("{path} is not a JSON array of tenants: {e}")))?;
+            let more: Vec<Tenant> = serde_json::from_str(&text).map_err(|e| {
+                env::invalid(
+                    "TENANTS_FILE",
+                    format!("{path} is not a JSON array of tenants: {e}"),
+                )
+            })?;
             tenants.extend(more);
         }
         Self::new(tenants).map_err(|reason| env::invalid("TENANTS_FILE", reason))
@@ -87,10 +91,17 @@ impl TenantDirectory {
                 return Err("every tenant needs a tenant_id and a phone_number_id".into());
             }
             if tenant.time_zone.parse::<chrono_tz::Tz>().is_err() {
-                return Err(format!("tenant {} has unknown time zone {:?}", tenant.tenant_id, tenant.time_zone));
+                return Err(format!(
+                    "tenant {} has unknown time zone {:?}",
+                    tenant.tenant_id, tenant.time_zone
+                ));
             }
             let tenant = Arc::new(tenant);
-            if directory.by_id.insert(tenant.tenant_id.clone(), tenant.clone()).is_some() {
+            if directory
+                .by_id
+                .insert(tenant.tenant_id.clone(), tenant.clone())
+                .is_some()
+            {
                 return Err(format!("tenant {} is defined twice", tenant.tenant_id));
             }
             if directory
@@ -98,9 +109,15 @@ impl TenantDirectory {
                 .insert(tenant.phone_number_id.clone(), tenant.clone())
                 .is_some()
             {
-                return Err(format!("phone number id {} belongs to two tenants", tenant.phone_number_id));
+                return Err(format!(
+                    "phone number id {} belongs to two tenants",
+                    tenant.phone_number_id
+                ));
             }
-            directory.by_waba_id.entry(tenant.waba_id.clone()).or_insert(tenant);
+            directory
+                .by_waba_id
+                .entry(tenant.waba_id.clone())
+                .or_insert(tenant);
         }
         Ok(directory)
     }
@@ -152,9 +169,18 @@ mod tests {
 
     #[test]
     fn looks_up_by_id_and_phone_number_id_and_hides_tokens() {
-        let directory = TenantDirectory::new(vec![tenant("a", "1"), tenant("b", "2")]).expect("valid");
-        assert_eq!(directory.get("b").map(|t| t.phone_number_id.as_str()), Some("2"));
-        assert_eq!(directory.by_phone_number_id("1").map(|t| t.tenant_id.as_str()), Some("a"));
+        let directory =
+            TenantDirectory::new(vec![tenant("a", "1"), tenant("b", "2")]).expect("valid");
+        assert_eq!(
+            directory.get("b").map(|t| t.phone_number_id.as_str()),
+            Some("2")
+        );
+        assert_eq!(
+            directory
+                .by_phone_number_id("1")
+                .map(|t| t.tenant_id.as_str()),
+            Some("a")
+        );
         assert!(!format!("{directory:?}").contains("secret-token"));
     }
 
@@ -174,6 +200,9 @@ mod tests {
         )
         .expect("json");
         let directory = TenantDirectory::new(parsed).expect("valid");
-        assert_eq!(directory.get("mekah-tour").map(|t| t.time_zone.as_str()), Some("Asia/Makassar"));
+        assert_eq!(
+            directory.get("mekah-tour").map(|t| t.time_zone.as_str()),
+            Some("Asia/Makassar")
+        );
     }
 }

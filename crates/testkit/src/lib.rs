@@ -1,0 +1,5 @@
+#![doc = include_str!("../README.md")]
+
+pub mod broker;
+pub mod db;
+pub mod proxy;
