@@ -44,6 +44,9 @@ pub enum Command {
         #[arg(long)]
         jamaah: String,
     },
+    /// Submit the product's templates to Meta, or sync their review status from Meta.
+    #[command(subcommand)]
+    Templates(TemplateCommand),
     /// Validate a send-job JSON file against the contract and publish it to `whatsapp.commands`/`send`.
     Send {
         /// Path to the send-job JSON (`-` for standard input).
@@ -98,6 +101,23 @@ pub enum DlqCommand {
         /// Required: purging cannot be undone.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+/// Template subcommands; tenants and tokens come from the environment (`WHATSAPP_*`, `TENANTS_FILE`).
+#[derive(Subcommand)]
+pub enum TemplateCommand {
+    /// Submit every registry template Meta does not have yet (`POST /{waba_id}/message_templates`).
+    Submit {
+        /// Only this tenant (all configured tenants by default).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Read every template's status from Meta into the registry (`GET /{waba_id}/message_templates`).
+    Sync {
+        /// Only this tenant (all configured tenants by default).
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -236,6 +256,7 @@ pub async fn run(command: Command, urls: &Urls) -> anyhow::Result<()> {
                 .await?;
             say("erasure requested")?;
         }
+        Command::Templates(command) => run_templates(command, urls).await?,
         Command::Send { file } => {
             let bytes = if file == "-" {
                 std::io::read_to_string(std::io::stdin())?.into_bytes()
@@ -329,6 +350,61 @@ async fn run_dlq(command: DlqCommand, urls: &Urls) -> anyhow::Result<()> {
                 say(format!(
                     "{dlq}: purged {}, kept {}",
                     summary.moved, summary.kept
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_templates(command: TemplateCommand, urls: &Urls) -> anyhow::Result<()> {
+    use wa_scheduler::templates::{submit_templates, sync_templates};
+    let directory = wa_service::tenants::TenantDirectory::from_env()?;
+    let graph = wa_scheduler::GraphConfig {
+        base_url: wa_service::env::var_or("WHATSAPP_GRAPH_BASE_URL", "https://graph.facebook.com")
+            .trim_end_matches('/')
+            .to_owned(),
+        api_version: wa_service::env::var_or(
+            "WHATSAPP_API_VERSION",
+            wa_scheduler::config::DEFAULT_API_VERSION,
+        ),
+    };
+    let pool = wa_db::build_pool(&urls.database, 2)?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let only = match &command {
+        TemplateCommand::Submit { tenant } | TemplateCommand::Sync { tenant } => tenant.clone(),
+    };
+    let tenants: Vec<_> = directory
+        .iter()
+        .filter(|t| only.as_deref().is_none_or(|id| t.tenant_id == id))
+        .cloned()
+        .collect();
+    anyhow::ensure!(
+        !tenants.is_empty(),
+        "no tenant configured{}",
+        only.map(|t| format!(" with id {t}")).unwrap_or_default()
+    );
+    for tenant in tenants {
+        match &command {
+            TemplateCommand::Submit { .. } => {
+                let report =
+                    submit_templates(&http, &graph, &tenant, &pool, chrono::Utc::now()).await?;
+                say(format!(
+                    "{}: submitted {:?}, already at Meta {:?}, skipped {:?}, refused {:?}",
+                    tenant.tenant_id,
+                    report.submitted,
+                    report.already_present,
+                    report.skipped,
+                    report.refused
+                ))?;
+            }
+            TemplateCommand::Sync { .. } => {
+                let report = sync_templates(&http, &graph, &tenant, &pool).await?;
+                say(format!(
+                    "{}: statuses {:?}, missing at Meta {:?}",
+                    tenant.tenant_id, report.updated, report.missing
                 ))?;
             }
         }

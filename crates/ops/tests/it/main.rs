@@ -194,6 +194,8 @@ fn every_command_has_help() {
         vec!["tenants", "add", "--help"],
         vec!["erase", "--help"],
         vec!["send", "--help"],
+        vec!["templates", "submit", "--help"],
+        vec!["templates", "sync", "--help"],
     ] {
         let out = wactl(&args);
         assert!(out.status.success(), "{args:?}");
@@ -214,4 +216,44 @@ fn purge_refuses_without_yes() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templates_sync_records_meta_statuses_in_the_registry() {
+    use wa_graph_mock::config::{
+        DEFAULT_PHONE_NUMBER_ID, DEFAULT_TOKEN, DEFAULT_WABA_ID, MockConfig,
+    };
+    let mock = wa_graph_mock::spawn(MockConfig::for_tests())
+        .await
+        .expect("graph-mock");
+    let db = wa_testkit::db::TestDb::new().await.expect("test db");
+    let run = |command: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wactl"))
+            .args(["--database-url", &db.url, "templates", command])
+            .env("WHATSAPP_PHONE_NUMBER_ID", DEFAULT_PHONE_NUMBER_ID)
+            .env("WHATSAPP_BUSINESS_ACCOUNT_ID", DEFAULT_WABA_ID)
+            .env("WHATSAPP_ACCESS_TOKEN", DEFAULT_TOKEN)
+            .env("WHATSAPP_GRAPH_BASE_URL", mock.base_url())
+            .env_remove("TENANTS_FILE")
+            .output()
+            .expect("run wactl")
+    };
+    let synced = run("sync");
+    let stdout = String::from_utf8_lossy(&synced.stdout);
+    assert!(
+        synced.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    // graph-mock knows the product's templates as APPROVED; the registry now says so.
+    assert!(
+        stdout.contains("(\"payment_reminder\", \"APPROVED\")"),
+        "{stdout}"
+    );
+    let submitted = run("submit");
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
 }
