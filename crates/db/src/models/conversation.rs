@@ -652,6 +652,8 @@ pub struct NewMessageStatus {
     pub pricing_model: Option<String>,
     /// Billable flag.
     pub billable: Option<bool>,
+    /// True when its message is known and the status is applied in the same transaction.
+    pub applied: bool,
 }
 
 impl MessageStatus {
@@ -982,33 +984,43 @@ pub struct NewOutboxEvent {
 }
 
 impl OutboxEvent {
-    /// Queues an event.
-    pub async fn insert(conn: &mut AsyncPgConnection, new: &NewOutboxEvent) -> QueryResult<()> {
+    /// Queues an event; returns its id (the AMQP `message_id` is derived from it).
+    pub async fn insert(conn: &mut AsyncPgConnection, new: &NewOutboxEvent) -> QueryResult<i64> {
         diesel::insert_into(sync_outbox::table)
             .values(new)
-            .execute(conn)
+            .returning(sync_outbox::id)
+            .get_result(conn)
             .await
-            .map(drop)
     }
 
-    /// Queues many events in one statement.
+    /// Queues many events in one statement; returns their ids in the order of `rows`
+    /// (PostgreSQL returns the rows of a multi-row `VALUES` insert in insertion order).
     pub async fn insert_many(
         conn: &mut AsyncPgConnection,
         rows: &[NewOutboxEvent],
-    ) -> QueryResult<()> {
+    ) -> QueryResult<Vec<i64>> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         diesel::insert_into(sync_outbox::table)
             .values(rows)
-            .execute(conn)
+            .returning(sync_outbox::id)
+            .get_results(conn)
             .await
-            .map(drop)
     }
 
-    /// Locks up to `limit` events, oldest first, for publishing (`SKIP LOCKED`: one relay at a time per row).
-    pub async fn claim(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<OutboxEvent>> {
+    /// Locks up to `limit` events created before `created_before` (all when `None`), oldest
+    /// first, for publishing (`SKIP LOCKED`: one relay at a time per row). The batcher publishes
+    /// fresh events itself; the periodic relay only takes those a failed publish left behind.
+    pub async fn claim(
+        conn: &mut AsyncPgConnection,
+        limit: i64,
+        created_before: Option<DateTime<Utc>>,
+    ) -> QueryResult<Vec<OutboxEvent>> {
+        // The far future when unbounded: one query shape (locking clauses do not box).
+        let before = created_before.unwrap_or(DateTime::<Utc>::MAX_UTC);
         sync_outbox::table
+            .filter(sync_outbox::created_at.lt(before))
             .order(sync_outbox::id.asc())
             .limit(limit)
             .select(OutboxEvent::as_select())

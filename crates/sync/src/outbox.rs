@@ -1,0 +1,126 @@
+//! Publishing what the batches caused: `outbound.status` steps and `agent.notification`s.
+//!
+//! Each event is written to `sync_outbox` (encrypted, since a notification quotes the message) in
+//! the transaction that caused it. Right after the commit the batcher publishes the batch's events
+//! from memory with publisher confirms ([`publish_pending`]) and deletes their rows. If that fails
+//! (broker down, or the process dies in between), the rows stay and the periodic [`relay`]
+//! publishes them, oldest first, once they are older than a grace period, so it never races the
+//! batcher. A crash after the confirm and before the delete republishes an event with the same
+//! AMQP `message_id` (`sync-outbox-<row id>`), on which consumers dedupe.
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use wa_amqp::{OutgoingMessage, PublishOptions, Publisher};
+use wa_common::topology::exchange;
+use wa_db::PgPool;
+use wa_db::models::conversation::OutboxEvent;
+
+use crate::crypto::Cipher;
+use crate::store::PendingEvent;
+
+/// Rows published per transaction by the relay.
+const RELAY_BATCH: i64 = 500;
+
+fn outgoing(id: i64, tenant: &str, routing_key: &str, body: Vec<u8>) -> OutgoingMessage {
+    OutgoingMessage {
+        exchange: exchange::WHATSAPP_EVENTS.to_owned(),
+        routing_key: routing_key.to_owned(),
+        body,
+        options: PublishOptions {
+            message_id: Some(format!("sync-outbox-{id}")),
+            tenant_id: Some(tenant.to_owned()),
+            ..PublishOptions::default()
+        },
+    }
+}
+
+fn count_published(routing_key: &str, tenant: &str) {
+    metrics::counter!("wa_sync_published_total", "routing_key" => routing_key.to_owned(), "tenant" => tenant.to_owned())
+        .increment(1);
+}
+
+/// Publishes a committed batch's events (in order, confirmed), then deletes their outbox rows.
+#[tracing::instrument(name = "sync.publish_pending", skip_all, fields(events = events.len()))]
+pub async fn publish_pending(
+    pool: &PgPool,
+    publisher: &Publisher,
+    events: Vec<PendingEvent>,
+) -> anyhow::Result<()> {
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let labels: Vec<(&'static str, String)> = events
+        .iter()
+        .map(|e| (e.routing_key, e.tenant.clone()))
+        .collect();
+    let messages = events
+        .into_iter()
+        .map(|e| outgoing(e.id, &e.tenant, e.routing_key, e.body))
+        .collect();
+    publisher
+        .publish_all(messages)
+        .await
+        .context("publishing the batch's events")?;
+    for (routing_key, tenant) in &labels {
+        count_published(routing_key, tenant);
+    }
+    let mut conn = pool
+        .get()
+        .await
+        .context("getting a connection to clear the outbox")?;
+    OutboxEvent::delete(&mut conn, &ids)
+        .await
+        .context("deleting published outbox rows")?;
+    Ok(())
+}
+
+/// Publishes every outbox row created before `created_before` (all rows when `None`); returns
+/// how many events went out.
+#[tracing::instrument(name = "sync.outbox_relay", skip_all)]
+pub async fn relay(
+    pool: &PgPool,
+    cipher: &Cipher,
+    publisher: &Publisher,
+    created_before: Option<DateTime<Utc>>,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let mut conn = pool
+            .get()
+            .await
+            .context("getting a database connection for the outbox")?;
+        let (claimed, published) = conn
+            .transaction::<(usize, usize), anyhow::Error, _>(async |conn| {
+                let rows = OutboxEvent::claim(conn, RELAY_BATCH, created_before).await?;
+                let mut messages = Vec::with_capacity(rows.len());
+                let mut ids = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    match cipher.open(&row.payload_ciphertext, &row.payload_nonce, &row.key_id) {
+                        Ok(body) => {
+                            messages.push(outgoing(row.id, &row.tenant_id, &row.routing_key, body));
+                            ids.push(row.id);
+                        }
+                        Err(error) => {
+                            // Left in place (and counted) until the key that sealed it is configured again.
+                            metrics::counter!("wa_sync_outbox_undecryptable_total").increment(1);
+                            tracing::error!(outbox_id = row.id, error = %error, "cannot decrypt an outbox event");
+                        }
+                    }
+                }
+                let count = messages.len();
+                if count > 0 {
+                    publisher.publish_all(messages).await.context("publishing outbox events")?;
+                    OutboxEvent::delete(conn, &ids).await?;
+                    for row in rows.iter().filter(|r| ids.contains(&r.id)) {
+                        count_published(&row.routing_key, &row.tenant_id);
+                    }
+                }
+                Ok((rows.len(), count))
+            })
+            .await?;
+        total += published;
+        // Stop when the outbox is drained, or when only undecryptable rows are left.
+        if claimed < RELAY_BATCH as usize || published == 0 {
+            return Ok(total);
+        }
+    }
+}
