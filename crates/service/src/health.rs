@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::{HttpResponse, web};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 /// A named readiness flag.
@@ -41,13 +41,26 @@ impl Readiness {
     }
 }
 
+/// Bucket bounds of every `*_seconds` histogram: 0.5 ms (a local confirm) to 60 s (a lagging queue).
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
+    // Latencies (`*_seconds`) render as real Prometheus histograms, so dashboards can aggregate
+    // quantiles across replicas with `histogram_quantile` (summaries cannot be aggregated).
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            LATENCY_BUCKETS_SECONDS,
+        )
+        .map_err(|e| anyhow::anyhow!("configuring the metrics buckets failed: {e}"))?
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder failed: {e}"))?;
     Ok(HANDLE.get_or_init(|| handle).clone())

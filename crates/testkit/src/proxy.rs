@@ -135,10 +135,6 @@ async fn pipe(mut client: TcpStream, target: String) {
 }
 
 #[cfg(test)]
-#[expect(
-    clippy::expect_used,
-    reason = "a failing test should panic with context"
-)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -1,0 +1,93 @@
+//! Metric names and recording helpers (the `metrics` facade; `/metrics` renders them for
+//! Prometheus). Labels are bounded: outcomes and kinds are fixed words, phone number ids are the
+//! tenants' numbers from signed webhooks.
+
+use std::time::Duration;
+
+use crate::webhook::Event;
+
+/// Requests by `outcome` (`accepted`, `quarantined`, `signature_mismatch`, `broker_unavailable`, …).
+pub const REQUESTS: &str = "wa_ingress_requests_total";
+/// Seconds from first byte to answer, by `outcome`.
+pub const REQUEST_DURATION: &str = "wa_ingress_request_duration_seconds";
+/// Events published, by `kind` and `phone_number_id`.
+pub const EVENTS: &str = "wa_ingress_events_total";
+/// Signed bodies (or parts) kept raw in quarantine, by `reason`.
+pub const QUARANTINED: &str = "wa_ingress_quarantined_total";
+/// Seconds one request's batch waited for its publisher confirms, by `result`.
+pub const PUBLISH_CONFIRM: &str = "wa_ingress_publish_confirm_seconds";
+
+/// Webhook POSTs being handled right now (a drain waits for this to reach 0).
+pub const IN_FLIGHT: &str = "wa_ingress_requests_in_flight";
+
+/// Registers help texts once at start.
+pub fn describe() {
+    metrics::describe_counter!(REQUESTS, "Webhook requests by outcome");
+    metrics::describe_gauge!(IN_FLIGHT, "Webhook POSTs being handled right now");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Webhook request latency by outcome"
+    );
+    metrics::describe_counter!(
+        EVENTS,
+        "Events published to whatsapp.events by kind and phone number id"
+    );
+    metrics::describe_counter!(
+        QUARANTINED,
+        "Signed webhook bodies quarantined raw, by reason"
+    );
+    metrics::describe_histogram!(
+        PUBLISH_CONFIRM,
+        metrics::Unit::Seconds,
+        "Publisher-confirm latency of one webhook's events"
+    );
+}
+
+/// Counts one finished request.
+pub fn record_request(outcome: &'static str, elapsed: Duration) {
+    metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
+    metrics::histogram!(REQUEST_DURATION, "outcome" => outcome).record(elapsed.as_secs_f64());
+}
+
+/// Times one confirm window.
+pub fn record_confirm(elapsed: Duration, ok: bool) {
+    let result = if ok { "confirmed" } else { "failed" };
+    metrics::histogram!(PUBLISH_CONFIRM, "result" => result).record(elapsed.as_secs_f64());
+}
+
+/// Counts confirmed events.
+pub fn record_events(events: &[Event]) {
+    for event in events {
+        let phone_number_id = event
+            .body
+            .source()
+            .phone_number_id
+            .clone()
+            .unwrap_or_else(|| "none".to_owned());
+        metrics::counter!(EVENTS, "kind" => event.body.kind().as_str(), "phone_number_id" => phone_number_id)
+            .increment(1);
+    }
+}
+
+/// Counts one quarantined body.
+pub fn record_quarantine(reason: &'static str) {
+    metrics::counter!(QUARANTINED, "reason" => reason).increment(1);
+}
+
+/// Counts a webhook POST as in flight until dropped.
+pub struct InFlight(());
+
+impl InFlight {
+    /// Marks one more request in flight.
+    pub fn start() -> Self {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
