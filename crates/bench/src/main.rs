@@ -20,8 +20,20 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let figures: Vec<report::Figure> = Vec::new();
-    let _ = &args.only;
+    let selected = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
+    let mut figures: Vec<report::Figure> = Vec::new();
+    if selected("ingress") {
+        figures.extend(wa_bench::ingress::run().await?);
+    }
+    if selected("sender") {
+        figures.extend(wa_bench::sender::run().await?);
+    }
+    if selected("sync") {
+        figures.extend(wa_bench::sync::run().await?);
+    }
+    if selected("scheduler") {
+        figures.extend(wa_bench::scheduler::run().await?);
+    }
     report::write(&args.out, &figures)?;
     eprintln!("{}", report::markdown(&figures));
     Ok(())

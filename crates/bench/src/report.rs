@@ -46,7 +46,9 @@ pub fn markdown(figures: &[Figure]) -> String {
             (Some(name), Some(value)) => format!("{name}: {value:.1} {}", f.unit),
             _ => "-".to_owned(),
         };
-        let ratio = f.ratio().map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+        let ratio = f
+            .ratio()
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
         let _ = writeln!(
             out,
             "| {} | {} | {:.1} {} | {} | {} | {} | {} |",
@@ -67,7 +69,10 @@ pub fn markdown(figures: &[Figure]) -> String {
 pub fn write(dir: &Path, figures: &[Figure]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("report.md"), markdown(figures))?;
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(figures)?)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(figures)?,
+    )?;
     Ok(())
 }
 

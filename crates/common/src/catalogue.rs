@@ -11,7 +11,8 @@ use crate::contracts::{
     notification::AgentNotification,
     outcome::{OutboundAccepted, OutboundFailed},
     platform::{
-        DepartureScheduled, JamaahErasureRequested, JamaahUpserted, PaymentRecorded, PaymentScheduleUpserted,
+        DepartureScheduled, JamaahErasureRequested, JamaahUpserted, PaymentRecorded,
+        PaymentScheduleUpserted,
     },
     send_job::SendJob,
     status::OutboundStatus,
@@ -48,7 +49,10 @@ fn doc<T: Contract>(
 ) -> ContractDoc {
     let mut schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut schema {
-        map.insert("$id".into(), Value::from(format!("{}.schema.json", T::SCHEMA_NAME)));
+        map.insert(
+            "$id".into(),
+            Value::from(format!("{}.schema.json", T::SCHEMA_NAME)),
+        );
         map.insert("description".into(), Value::from(summary));
     }
     ContractDoc {
@@ -186,8 +190,14 @@ pub fn render_proto() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     let docs = contracts();
     for contract in &docs {
-        files.insert(format!("{}.schema.json", contract.schema_name), pretty(&contract.schema));
-        files.insert(format!("examples/{}.json", contract.schema_name), pretty(&contract.example));
+        files.insert(
+            format!("{}.schema.json", contract.schema_name),
+            pretty(&contract.schema),
+        );
+        files.insert(
+            format!("examples/{}.json", contract.schema_name),
+            pretty(&contract.example),
+        );
     }
     files.insert("asyncapi.json".to_owned(), pretty(&asyncapi(&docs)));
     files
@@ -267,7 +277,10 @@ fn asyncapi(docs: &[ContractDoc]) -> Value {
         }
         match &queue.dead_letter {
             DeadLetterPolicy::ToDeadLetterQueue => {
-                arguments.insert("x-dead-letter-exchange".into(), json!(exchange::DEAD_LETTER));
+                arguments.insert(
+                    "x-dead-letter-exchange".into(),
+                    json!(exchange::DEAD_LETTER),
+                );
                 arguments.insert("x-dead-letter-routing-key".into(), json!(queue.name));
                 arguments.insert("x-dead-letter-strategy".into(), json!("at-least-once"));
                 arguments.insert("x-overflow".into(), json!("reject-publish"));
@@ -581,7 +594,10 @@ mod tests {
     fn every_example_validates_against_its_schema_and_decodes() {
         for contract in contracts() {
             let validator = jsonschema::validator_for(&contract.schema).expect("schema compiles");
-            let errors: Vec<String> = validator.iter_errors(&contract.example).map(|e| e.to_string()).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(&contract.example)
+                .map(|e| e.to_string())
+                .collect();
             assert!(errors.is_empty(), "{}: {errors:?}", contract.schema_name);
             let bytes = serde_json::to_vec(&contract.example).expect("serialise example");
             (contract.check)(&bytes).unwrap_or_else(|e| panic!("{}: {e}", contract.schema_name));
@@ -591,7 +607,10 @@ mod tests {
     #[test]
     fn schemas_reject_a_message_missing_a_required_field() {
         for contract in contracts() {
-            let required = contract.schema["required"].as_array().cloned().unwrap_or_default();
+            let required = contract.schema["required"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let Some(first) = required.first().and_then(Value::as_str) else {
                 continue;
             };
@@ -600,7 +619,11 @@ mod tests {
                 map.remove(first);
             }
             let validator = jsonschema::validator_for(&contract.schema).expect("schema compiles");
-            assert!(!validator.is_valid(&broken), "{} accepted a message without {first}", contract.schema_name);
+            assert!(
+                !validator.is_valid(&broken),
+                "{} accepted a message without {first}",
+                contract.schema_name
+            );
             let bytes = serde_json::to_vec(&broken).expect("serialise");
             let err = (contract.check)(&bytes).expect_err("decode must fail");
             assert_eq!(err.field, first, "{}", contract.schema_name);
@@ -619,7 +642,11 @@ mod tests {
             }
         }
         for queue in topology::topology().queues {
-            assert!(doc["channels"][format!("queue/{}", queue.name)].is_object(), "missing queue {}", queue.name);
+            assert!(
+                doc["channels"][format!("queue/{}", queue.name)].is_object(),
+                "missing queue {}",
+                queue.name
+            );
         }
     }
 }

@@ -81,7 +81,11 @@ fn strip_position(reason: &str) -> String {
 }
 
 /// Fails with `reason` for `field` unless `ok`.
-pub(crate) fn ensure(ok: bool, field: &str, reason: impl Into<String>) -> Result<(), ContractError> {
+pub(crate) fn ensure(
+    ok: bool,
+    field: &str,
+    reason: impl Into<String>,
+) -> Result<(), ContractError> {
     if ok {
         Ok(())
     } else {
@@ -92,7 +96,11 @@ pub(crate) fn ensure(ok: bool, field: &str, reason: impl Into<String>) -> Result
 /// Fails when `value` is longer than `max` characters (Meta counts characters, not bytes).
 pub(crate) fn ensure_max_chars(value: &str, max: usize, field: &str) -> Result<(), ContractError> {
     let len = value.chars().count();
-    ensure(len <= max, field, format!("is {len} characters, at most {max} allowed"))
+    ensure(
+        len <= max,
+        field,
+        format!("is {len} characters, at most {max} allowed"),
+    )
 }
 
 /// Fails when `value` is empty or only whitespace.

@@ -123,7 +123,9 @@ string_id!(
 );
 
 /// Meta's message id (`wamid.…`), unique per business number; opaque to us.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct WaMessageId(pub String);
 

@@ -122,7 +122,9 @@ fn lenient_opt_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
             .map(Some)
             .map_err(|_| serde::de::Error::custom(format!("error code {s:?} is not a number"))),
         Value::Null => Ok(None),
-        other => Err(serde::de::Error::custom(format!("error code {other} is not a number"))),
+        other => Err(serde::de::Error::custom(format!(
+            "error code {other} is not a number"
+        ))),
     }
 }
 
@@ -139,8 +141,10 @@ mod tests {
         .expect("numeric code");
         assert_eq!(numeric.error.code, 131056);
         assert_eq!(numeric.error.details(), "slow down");
-        let textual: GraphErrorEnvelope =
-            serde_json::from_str(r#"{"error":{"message":"x","code":"130429","error_subcode":"1"}}"#).expect("string code");
+        let textual: GraphErrorEnvelope = serde_json::from_str(
+            r#"{"error":{"message":"x","code":"130429","error_subcode":"1"}}"#,
+        )
+        .expect("string code");
         assert_eq!(textual.error.code, 130429);
         assert_eq!(textual.error.error_subcode, Some(1));
         assert_eq!(textual.error.details(), "x");
@@ -149,7 +153,8 @@ mod tests {
     #[test]
     fn send_body_adds_the_envelope_fields() {
         let message: OutboundMessage =
-            serde_json::from_str(r#"{"type":"text","text":{"body":"Assalamu'alaikum"}}"#).expect("message");
+            serde_json::from_str(r#"{"type":"text","text":{"body":"Assalamu'alaikum"}}"#)
+                .expect("message");
         let to = E164::parse("0812-3456-7890").expect("phone");
         let body = send_message_body(&to, &message);
         assert_eq!(body["messaging_product"], "whatsapp");

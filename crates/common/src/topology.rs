@@ -70,6 +70,10 @@ pub mod queue {
     pub const SENDER_SEND: &str = "sender.send";
     /// Inbound messages the sender learns the 24-hour window from.
     pub const SENDER_INBOUND: &str = "sender.inbound";
+    /// Statuses the sender settles unknown outcomes from.
+    pub const SENDER_STATUS: &str = "sender.status";
+    /// Prefix of the sender's per-tenant, per-priority dispatch queues.
+    pub const SENDER_DISPATCH_PREFIX: &str = "sender.dispatch.";
     /// Everything conversation-sync persists.
     pub const SYNC_EVENTS: &str = "sync.events";
     /// Everything the reminder scheduler reacts to.
@@ -271,23 +275,88 @@ pub const OTHER_WEBHOOK_FIELDS: &[&str] = &[
     "unknown",
 ];
 
+/// The sender's dispatch queue of one tenant and priority (`sender.dispatch.<tenant>.<priority>`):
+/// single active consumer, so one replica at a time dispatches it (per-recipient order), bound to
+/// [`exchange::RETRY_RETURN`] under its own name (intake and retries reach it that way).
+/// `priority` is `interactive`, `transactional` or `bulk`.
+pub fn sender_dispatch_queue(tenant_id: &str, priority: &str) -> QueueSpec {
+    let name = format!("{}{tenant_id}.{priority}", queue::SENDER_DISPATCH_PREFIX);
+    let mut spec = work_queue(
+        &name,
+        "one tenant's send-jobs of one priority, dispatched by one sender replica at a time",
+        &[],
+        true,
+    );
+    spec.name = name;
+    spec
+}
+
+/// The dispatch queues of a tenant (every priority) with their dead-letter queues, declared by
+/// the sender at start for every tenant it knows.
+pub fn sender_dispatch_topology(tenant_id: &str) -> Topology {
+    let mut queues = Vec::new();
+    for priority in ["interactive", "transactional", "bulk"] {
+        let spec = sender_dispatch_queue(tenant_id, priority);
+        queues.push(dead_letter_queue_of(&spec.name));
+        queues.push(spec);
+    }
+    queues.reverse();
+    Topology {
+        exchanges: Vec::new(),
+        queues,
+    }
+}
+
+fn dead_letter_queue_of(name: &str) -> QueueSpec {
+    QueueSpec {
+        name: queue::dead_letter_of(name),
+        role: QueueRole::DeadLetter,
+        bindings: vec![(exchange::DEAD_LETTER.to_owned(), name.to_owned())],
+        delivery_limit: None,
+        dead_letter: DeadLetterPolicy::None,
+        message_ttl_ms: None,
+        single_active_consumer: false,
+        purpose: "dead letters with their reason, for inspection and replay (ops CLI)",
+    }
+}
+
 /// Builds the topology every service declares at start (idempotently, in any order).
 pub fn topology() -> Topology {
     use exchange::*;
     use routing::*;
 
     let mut exchanges = vec![
-        ExchangeSpec { name: COMMANDS.into(), kind: ExchangeKind::Topic, purpose: "send-jobs" },
-        ExchangeSpec { name: PLATFORM_EVENTS.into(), kind: ExchangeKind::Topic, purpose: "platform events" },
-        ExchangeSpec { name: WHATSAPP_EVENTS.into(), kind: ExchangeKind::Topic, purpose: "WhatsApp events" },
-        ExchangeSpec { name: DEAD_LETTER.into(), kind: ExchangeKind::Direct, purpose: "dead letters by source queue" },
-        ExchangeSpec { name: RETRY_RETURN.into(), kind: ExchangeKind::Direct, purpose: "delayed retries back to their queue" },
+        ExchangeSpec {
+            name: COMMANDS.into(),
+            kind: ExchangeKind::Topic,
+            purpose: "send-jobs",
+        },
+        ExchangeSpec {
+            name: PLATFORM_EVENTS.into(),
+            kind: ExchangeKind::Topic,
+            purpose: "platform events",
+        },
+        ExchangeSpec {
+            name: WHATSAPP_EVENTS.into(),
+            kind: ExchangeKind::Topic,
+            purpose: "WhatsApp events",
+        },
+        ExchangeSpec {
+            name: DEAD_LETTER.into(),
+            kind: ExchangeKind::Direct,
+            purpose: "dead letters by source queue",
+        },
+        ExchangeSpec {
+            name: RETRY_RETURN.into(),
+            kind: ExchangeKind::Direct,
+            purpose: "delayed retries back to their queue",
+        },
     ];
 
     let mut queues = vec![
         work_queue(
             queue::SENDER_SEND,
-            "send-jobs for the sender; one active consumer so the per-number cap holds across replicas",
+            "send-jobs for the sender's intake (one active replica, keeping publish order): validated, then moved to the tenant's dispatch queue",
             &[(COMMANDS, SEND)],
             true,
         ),
@@ -295,6 +364,12 @@ pub fn topology() -> Topology {
             queue::SENDER_INBOUND,
             "inbound messages, from which the sender learns each recipient's 24-hour window",
             &[(WHATSAPP_EVENTS, INBOUND_MESSAGE)],
+            false,
+        ),
+        work_queue(
+            queue::SENDER_STATUS,
+            "statuses, from which the sender settles sends whose outcome was unknown",
+            &[(WHATSAPP_EVENTS, INBOUND_STATUS)],
             false,
         ),
         work_queue(
@@ -380,16 +455,7 @@ pub fn topology() -> Topology {
     let dead_letter_queues: Vec<QueueSpec> = queues
         .iter()
         .filter(|q| q.dead_letter == DeadLetterPolicy::ToDeadLetterQueue)
-        .map(|q| QueueSpec {
-            name: queue::dead_letter_of(&q.name),
-            role: QueueRole::DeadLetter,
-            bindings: vec![(DEAD_LETTER.to_owned(), q.name.clone())],
-            delivery_limit: None,
-            dead_letter: DeadLetterPolicy::None,
-            message_ttl_ms: None,
-            single_active_consumer: false,
-            purpose: "dead letters with their reason, for inspection and replay (ops CLI)",
-        })
+        .map(|q| dead_letter_queue_of(&q.name))
         .collect();
     queues.extend(dead_letter_queues);
 
@@ -405,7 +471,11 @@ mod tests {
         let topology = topology();
         for q in topology.queues.iter().filter(|q| q.role == QueueRole::Work) {
             assert!(q.delivery_limit.is_some(), "{}", q.name);
-            assert!(topology.queue(&queue::dead_letter_of(&q.name)).is_some(), "{}", q.name);
+            assert!(
+                topology.queue(&queue::dead_letter_of(&q.name)).is_some(),
+                "{}",
+                q.name
+            );
         }
     }
 

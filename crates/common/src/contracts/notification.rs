@@ -3,8 +3,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AgentId, JamaahId, TenantId};
 use crate::Contract;
+use crate::ids::{AgentId, JamaahId, TenantId};
 
 /// Notification for the agent in charge of a jamaah, once per stored inbound message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

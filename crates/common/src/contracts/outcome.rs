@@ -5,8 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Reference;
-use crate::ids::{JobId, TenantId};
 use crate::Contract;
+use crate::ids::{JobId, TenantId};
 
 /// Meta accepted the job (not delivered yet; statuses follow as `outbound.status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

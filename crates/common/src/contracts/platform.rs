@@ -105,7 +105,11 @@ impl Contract for PaymentScheduleUpserted {
     const SCHEMA_NAME: &'static str = "payment-schedule-upserted";
 
     fn validate(&self) -> Result<(), ContractError> {
-        ensure(self.amount > 0, "amount", "must be a positive number of rupiah")
+        ensure(
+            self.amount > 0,
+            "amount",
+            "must be a positive number of rupiah",
+        )
     }
 }
 
@@ -132,8 +136,16 @@ impl Contract for PaymentRecorded {
     const SCHEMA_NAME: &'static str = "payment-recorded";
 
     fn validate(&self) -> Result<(), ContractError> {
-        ensure(self.amount > 0, "amount", "must be a positive number of rupiah")?;
-        ensure(self.remaining_balance >= 0, "remaining_balance", "must not be negative")?;
+        ensure(
+            self.amount > 0,
+            "amount",
+            "must be a positive number of rupiah",
+        )?;
+        ensure(
+            self.remaining_balance >= 0,
+            "remaining_balance",
+            "must not be negative",
+        )?;
         ensure_not_blank(&self.status_label, "status_label")
     }
 }

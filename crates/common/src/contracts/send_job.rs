@@ -33,7 +33,20 @@ pub struct SendJob {
 }
 
 /// Scheduling class of a job: interactive overtakes transactional, which overtakes bulk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Agent and bot replies: a person is waiting.
@@ -314,9 +327,13 @@ impl OutboundMessage {
                 validate_media(document, "document", MediaRules::CAPTION_AND_FILENAME)
             }
             MessageContent::Audio { audio } => validate_media(audio, "audio", MediaRules::VOICE),
-            MessageContent::Sticker { sticker } => validate_media(sticker, "sticker", MediaRules::NONE),
+            MessageContent::Sticker { sticker } => {
+                validate_media(sticker, "sticker", MediaRules::NONE)
+            }
             MessageContent::Interactive { interactive } => validate_interactive(interactive),
-            MessageContent::Reaction { reaction } => ensure_not_blank(&reaction.message_id, "reaction.message_id"),
+            MessageContent::Reaction { reaction } => {
+                ensure_not_blank(&reaction.message_id, "reaction.message_id")
+            }
             MessageContent::Location { location } => {
                 ensure(
                     (-90.0..=90.0).contains(&location.latitude),
@@ -330,13 +347,21 @@ impl OutboundMessage {
                 )
             }
             MessageContent::Contacts { contacts } => {
-                ensure(!contacts.is_empty(), "contacts", "must contain at least one contact")?;
+                ensure(
+                    !contacts.is_empty(),
+                    "contacts",
+                    "must contain at least one contact",
+                )?;
                 for (i, contact) in contacts.iter().enumerate() {
                     let has_name = contact
                         .pointer("/name/formatted_name")
                         .and_then(Value::as_str)
                         .is_some_and(|n| !n.trim().is_empty());
-                    ensure(has_name, &format!("contacts[{i}].name.formatted_name"), "is required")?;
+                    ensure(
+                        has_name,
+                        &format!("contacts[{i}].name.formatted_name"),
+                        "is required",
+                    )?;
                 }
                 Ok(())
             }
@@ -352,16 +377,36 @@ struct MediaRules {
 }
 
 impl MediaRules {
-    const NONE: Self = Self { caption: false, filename: false, voice: false };
-    const CAPTION: Self = Self { caption: true, filename: false, voice: false };
-    const CAPTION_AND_FILENAME: Self = Self { caption: true, filename: true, voice: false };
-    const VOICE: Self = Self { caption: false, filename: false, voice: true };
+    const NONE: Self = Self {
+        caption: false,
+        filename: false,
+        voice: false,
+    };
+    const CAPTION: Self = Self {
+        caption: true,
+        filename: false,
+        voice: false,
+    };
+    const CAPTION_AND_FILENAME: Self = Self {
+        caption: true,
+        filename: true,
+        voice: false,
+    };
+    const VOICE: Self = Self {
+        caption: false,
+        filename: false,
+        voice: true,
+    };
 }
 
 fn validate_media(media: &Media, kind: &str, rules: MediaRules) -> Result<(), ContractError> {
     let has_id = media.id.as_deref().is_some_and(|s| !s.trim().is_empty());
     let has_link = media.link.as_deref().is_some_and(|s| !s.trim().is_empty());
-    ensure(has_id != has_link, kind, "exactly one of `id` and `link` is required")?;
+    ensure(
+        has_id != has_link,
+        kind,
+        "exactly one of `id` and `link` is required",
+    )?;
     if let Some(link) = &media.link {
         ensure(
             link.starts_with("https://") || link.starts_with("http://"),
@@ -370,7 +415,11 @@ fn validate_media(media: &Media, kind: &str, rules: MediaRules) -> Result<(), Co
         )?;
     }
     if let Some(caption) = &media.caption {
-        ensure(rules.caption, &format!("{kind}.caption"), format!("{kind} messages cannot have a caption"))?;
+        ensure(
+            rules.caption,
+            &format!("{kind}.caption"),
+            format!("{kind} messages cannot have a caption"),
+        )?;
         ensure_max_chars(caption, limits::CAPTION_CHARS, &format!("{kind}.caption"))?;
     }
     ensure(
@@ -400,16 +449,30 @@ fn validate_template(template: &Template) -> Result<(), ContractError> {
     for (i, component) in template.components.iter().enumerate() {
         let field = format!("template.components[{i}]");
         ensure(
-            matches!(component.kind.as_str(), "header" | "body" | "button" | "carousel" | "limited_time_offer"),
+            matches!(
+                component.kind.as_str(),
+                "header" | "body" | "button" | "carousel" | "limited_time_offer"
+            ),
             &format!("{field}.type"),
             format!("unknown component type {:?}", component.kind),
         )?;
         for (j, parameter) in component.parameters.iter().enumerate() {
             let ptype = parameter.get("type").and_then(Value::as_str);
-            ensure(ptype.is_some(), &format!("{field}.parameters[{j}].type"), "is required")?;
+            ensure(
+                ptype.is_some(),
+                &format!("{field}.parameters[{j}].type"),
+                "is required",
+            )?;
             if ptype == Some("text") {
-                let has_text = parameter.get("text").and_then(Value::as_str).is_some_and(|t| !t.is_empty());
-                ensure(has_text, &format!("{field}.parameters[{j}].text"), "is required for a text parameter")?;
+                let has_text = parameter
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| !t.is_empty());
+                ensure(
+                    has_text,
+                    &format!("{field}.parameters[{j}].text"),
+                    "is required for a text parameter",
+                )?;
             }
         }
     }
@@ -424,7 +487,14 @@ fn validate_interactive(interactive: &Value) -> Result<(), ContractError> {
     ensure(
         matches!(
             kind,
-            "button" | "list" | "cta_url" | "flow" | "product" | "product_list" | "location_request_message" | "address_message"
+            "button"
+                | "list"
+                | "cta_url"
+                | "flow"
+                | "product"
+                | "product_list"
+                | "location_request_message"
+                | "address_message"
         ),
         "interactive.type",
         format!("unknown interactive type {kind:?}"),
@@ -434,12 +504,21 @@ fn validate_interactive(interactive: &Value) -> Result<(), ContractError> {
         let Some(body) = body else {
             return Err(ContractError::new("interactive.body.text", "is required"));
         };
-        ensure_max_chars(body, limits::INTERACTIVE_BODY_CHARS, "interactive.body.text")?;
+        ensure_max_chars(
+            body,
+            limits::INTERACTIVE_BODY_CHARS,
+            "interactive.body.text",
+        )?;
     }
     if kind == "button" {
-        let buttons = interactive.pointer("/action/buttons").and_then(Value::as_array);
+        let buttons = interactive
+            .pointer("/action/buttons")
+            .and_then(Value::as_array);
         let Some(buttons) = buttons else {
-            return Err(ContractError::new("interactive.action.buttons", "is required"));
+            return Err(ContractError::new(
+                "interactive.action.buttons",
+                "is required",
+            ));
         };
         ensure(
             (1..=limits::REPLY_BUTTONS).contains(&buttons.len()),
@@ -447,7 +526,10 @@ fn validate_interactive(interactive: &Value) -> Result<(), ContractError> {
             format!("must have 1 to {} buttons", limits::REPLY_BUTTONS),
         )?;
         for (i, button) in buttons.iter().enumerate() {
-            let title = button.pointer("/reply/title").and_then(Value::as_str).unwrap_or_default();
+            let title = button
+                .pointer("/reply/title")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let field = format!("interactive.action.buttons[{i}].reply.title");
             ensure_not_blank(title, &field)?;
             ensure_max_chars(title, limits::BUTTON_TITLE_CHARS, &field)?;
@@ -485,14 +567,17 @@ mod tests {
 
     #[test]
     fn missing_job_id_names_the_field() {
-        let err = decode::<SendJob>(br#"{"tenant_id":"t","to":"0812","message":{"type":"text","text":{"body":"x"}}}"#)
-            .expect_err("job_id is required");
+        let err = decode::<SendJob>(
+            br#"{"tenant_id":"t","to":"0812","message":{"type":"text","text":{"body":"x"}}}"#,
+        )
+        .expect_err("job_id is required");
         assert_eq!(err.field, "job_id");
     }
 
     #[test]
     fn unknown_message_type_names_the_field() {
-        let err = decode::<SendJob>(&job(serde_json::json!({"type": "fax", "fax": {}}))).expect_err("unknown type");
+        let err = decode::<SendJob>(&job(serde_json::json!({"type": "fax", "fax": {}})))
+            .expect_err("unknown type");
         assert_eq!(err.field, "message");
         assert!(err.reason.contains("fax"), "{}", err.reason);
     }
@@ -507,15 +592,42 @@ mod tests {
     #[test]
     fn meta_rules_are_checked_with_field_paths() {
         let cases = [
-            (serde_json::json!({"type":"text","text":{"body":"x".repeat(4097)}}), "message.text.body"),
-            (serde_json::json!({"type":"text","text":{"body":"  "}}), "message.text.body"),
-            (serde_json::json!({"type":"audio","audio":{"id":"1","caption":"no"}}), "message.audio.caption"),
-            (serde_json::json!({"type":"image","image":{}}), "message.image"),
-            (serde_json::json!({"type":"image","image":{"id":"1","link":"https://x"}}), "message.image"),
-            (serde_json::json!({"type":"template","template":{"name":"Bad Name","language":{"code":"id"}}}), "message.template.name"),
-            (serde_json::json!({"type":"interactive","interactive":{"type":"button","body":{"text":"x"},"action":{"buttons":[]}}}), "message.interactive.action.buttons"),
-            (serde_json::json!({"type":"location","location":{"latitude":91.0,"longitude":0.0}}), "message.location.latitude"),
-            (serde_json::json!({"type":"contacts","contacts":[]}), "message.contacts"),
+            (
+                serde_json::json!({"type":"text","text":{"body":"x".repeat(4097)}}),
+                "message.text.body",
+            ),
+            (
+                serde_json::json!({"type":"text","text":{"body":"  "}}),
+                "message.text.body",
+            ),
+            (
+                serde_json::json!({"type":"audio","audio":{"id":"1","caption":"no"}}),
+                "message.audio.caption",
+            ),
+            (
+                serde_json::json!({"type":"image","image":{}}),
+                "message.image",
+            ),
+            (
+                serde_json::json!({"type":"image","image":{"id":"1","link":"https://x"}}),
+                "message.image",
+            ),
+            (
+                serde_json::json!({"type":"template","template":{"name":"Bad Name","language":{"code":"id"}}}),
+                "message.template.name",
+            ),
+            (
+                serde_json::json!({"type":"interactive","interactive":{"type":"button","body":{"text":"x"},"action":{"buttons":[]}}}),
+                "message.interactive.action.buttons",
+            ),
+            (
+                serde_json::json!({"type":"location","location":{"latitude":91.0,"longitude":0.0}}),
+                "message.location.latitude",
+            ),
+            (
+                serde_json::json!({"type":"contacts","contacts":[]}),
+                "message.contacts",
+            ),
         ];
         for (message, field) in cases {
             let err = decode::<SendJob>(&job(message.clone())).expect_err(&message.to_string());
@@ -534,7 +646,10 @@ mod tests {
         .expect("valid");
         let value = serde_json::to_value(&job.message).unwrap_or_default();
         assert_eq!(value["type"], "template");
-        assert_eq!(value["template"]["components"][0]["parameters"][0]["text"], "Siti");
+        assert_eq!(
+            value["template"]["components"][0]["parameters"][0]["text"],
+            "Siti"
+        );
         assert_eq!(value["biz_opaque_callback_data"], "x");
         let MessageContent::Template { template } = &job.message.content else {
             panic!("template expected");

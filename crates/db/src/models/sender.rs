@@ -287,6 +287,77 @@ impl SendJobRow {
     }
 }
 
+/// What [`claim_for_send`] returns: the attempt number of the call about to be made and when the
+/// job was first seen (for the queue-lag metric).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claim {
+    /// Graph calls including the one about to be made.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempts: i32,
+    /// First intake of the job.
+    #[diesel(sql_type = Timestamptz)]
+    pub first_seen_at: DateTime<Utc>,
+}
+
+/// [`SendJobRow::begin_attempt`] in one round trip (the hot path): `received` → `sending`,
+/// `attempts + 1`, attempt row opened. `None` when the job is missing or not `received`.
+pub async fn claim_for_send(
+    conn: &mut AsyncPgConnection,
+    tenant_id: &str,
+    job_id: &str,
+) -> QueryResult<Option<Claim>> {
+    diesel::sql_query(
+        "WITH claimed AS ( \
+             UPDATE send_jobs SET state = 'sending', attempts = attempts + 1, sending_started_at = now() \
+             WHERE tenant_id = $1 AND job_id = $2 AND state = 'received' \
+             RETURNING tenant_id, job_id, attempts, first_seen_at), \
+         opened AS ( \
+             INSERT INTO send_attempts (tenant_id, job_id, attempt) \
+             SELECT tenant_id, job_id, attempts FROM claimed) \
+         SELECT attempts, first_seen_at FROM claimed",
+    )
+    .bind::<Text, _>(tenant_id)
+    .bind::<Text, _>(job_id)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+#[derive(QueryableByName)]
+struct Changed {
+    #[diesel(sql_type = BigInt)]
+    changed: i64,
+}
+
+/// Meta accepted attempt `attempt`: stores the wamid (from `sending` or `unknown`) and closes the
+/// attempt row, in one round trip. True when this call moved the job to `accepted`.
+pub async fn record_accepted(
+    conn: &mut AsyncPgConnection,
+    tenant_id: &str,
+    job_id: &str,
+    attempt: i32,
+    wa_message_id: &str,
+    accepted_at: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let changed: Changed = diesel::sql_query(
+        "WITH accepted AS ( \
+             UPDATE send_jobs SET state = 'accepted', wa_message_id = $4, accepted_at = $5 \
+             WHERE tenant_id = $1 AND job_id = $2 AND state IN ('sending', 'unknown') RETURNING 1), \
+         closed AS ( \
+             UPDATE send_attempts SET finished_at = now(), http_status = 200, outcome = 'accepted' \
+             WHERE tenant_id = $1 AND job_id = $2 AND attempt = $3) \
+         SELECT count(*) AS changed FROM accepted",
+    )
+    .bind::<Text, _>(tenant_id)
+    .bind::<Text, _>(job_id)
+    .bind::<diesel::sql_types::Integer, _>(attempt)
+    .bind::<Text, _>(wa_message_id)
+    .bind::<Timestamptz, _>(accepted_at)
+    .get_result(conn)
+    .await?;
+    Ok(changed.changed > 0)
+}
+
 /// Records an inbound message: the window is the latest inbound time (replays and out-of-order
 /// events never move it backwards).
 pub async fn record_inbound(

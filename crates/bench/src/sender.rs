@@ -1,0 +1,299 @@
+//! Sender benchmark, against the real broker and database and an in-process graph-mock.
+//!
+//! - Capped: 1,000 template jobs to distinct recipients, `SENDER_RATE_PER_SECOND=80`, three
+//!   replicas sharing the cap. Figures: time from the first publish to Meta's 1,000th acceptance
+//!   against the ideal 12.5 s (target within 3 %), and the worst one-second window graph-mock saw
+//!   (every send attempt counted, target ≤ 80).
+//! - Uncapped: one replica with a cap far above what it can reach, graph-mock with zero latency.
+//!   Figure: sends/s from the replica's start to the last acceptance (jobs queued beforehand),
+//!   against graph-mock's raw request rate driven directly by a reqwest client with the same
+//!   concurrency and the same bodies (target ≥ 3,000 sends/s).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use wa_amqp::{OutgoingMessage, PublishOptions, Publisher};
+use wa_common::topology::{exchange, routing};
+use wa_graph_mock::MockConfig;
+use wa_graph_mock::config::{DEFAULT_PHONE_NUMBER_ID, DEFAULT_WABA_ID};
+use wa_sender::config::{ConsumerConfig, GraphConfig, SendConfig};
+use wa_sender::{App, Config};
+use wa_service::tenants::{Tenant, TenantDirectory};
+use wa_testkit::broker::TestBroker;
+use wa_testkit::db::TestDb;
+
+use crate::report::Figure;
+
+const GROUP: &str = "sender";
+const CAPPED_JOBS: usize = 1_000;
+const CAP: u32 = 80;
+const UNCAPPED_JOBS: usize = 12_000;
+/// Concurrency of the sender's dispatch (and of the baseline client).
+const CONCURRENCY: usize = 512;
+
+/// Runs the sender benchmark and returns its figures.
+pub async fn run() -> anyhow::Result<Vec<Figure>> {
+    let mut figures = capped().await.context("capped sender benchmark")?;
+    figures.extend(uncapped().await.context("uncapped sender benchmark")?);
+    Ok(figures)
+}
+
+fn config(
+    amqp_url: &str,
+    database_url: &str,
+    graph_base: &str,
+    rate: u32,
+) -> anyhow::Result<Config> {
+    let tenant = Tenant {
+        tenant_id: "default".to_owned(),
+        phone_number_id: DEFAULT_PHONE_NUMBER_ID.to_owned(),
+        waba_id: DEFAULT_WABA_ID.to_owned(),
+        access_token: SecretString::from(wa_graph_mock::DEFAULT_TOKEN),
+        time_zone: "Asia/Jakarta".to_owned(),
+    };
+    Ok(Config {
+        amqp_url: amqp_url.to_owned(),
+        database_url: database_url.to_owned(),
+        http_addr: "127.0.0.1:0".to_owned(),
+        tenants: TenantDirectory::new(vec![tenant]).map_err(anyhow::Error::msg)?,
+        graph: GraphConfig {
+            base_url: graph_base.trim_end_matches('/').to_owned(),
+            api_version: "v24.0".to_owned(),
+            timeout: Duration::from_secs(10),
+        },
+        send: SendConfig {
+            rate_per_second: rate,
+            rate_margin_permille: 20,
+            pair_interval: Duration::from_secs(6),
+            max_attempts: 8,
+            window_margin: Duration::from_secs(900),
+            unknown_outcome_timeout: Duration::from_secs(600),
+            settle_interval: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(30),
+        },
+        consumer: ConsumerConfig {
+            prefetch: 1_000,
+            concurrency: CONCURRENCY,
+        },
+        db_pool_size: 16,
+    })
+}
+
+fn job(i: usize, prefix: &str) -> Value {
+    let params: Vec<Value> = [
+        "Siti",
+        "Umroh Reguler",
+        "05 Des 2026",
+        "1.500.000",
+        "Pak Ahmad",
+        "+6281234567890",
+    ]
+    .iter()
+    .map(|t| json!({"type": "text", "text": t}))
+    .collect();
+    json!({"job_id": format!("{prefix}-{i}"), "tenant_id": "default", "to": format!("+62813{i:08}"),
+        "priority": "bulk",
+        "message": {"type": "template", "template": {"name": "payment_reminder", "language": {"code": "id"},
+            "components": [{"type": "body", "parameters": params}]}}})
+}
+
+async fn publish_jobs(publisher: &Publisher, count: usize, prefix: &str) -> anyhow::Result<()> {
+    let mut batch = Vec::new();
+    for i in 0..count {
+        batch.push(OutgoingMessage::json(
+            exchange::COMMANDS,
+            routing::SEND,
+            &job(i, prefix),
+            PublishOptions::default(),
+        )?);
+        if batch.len() == 500 {
+            publisher.publish_all(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        publisher.publish_all(batch).await?;
+    }
+    Ok(())
+}
+
+async fn wait_accepted(
+    mock: &wa_graph_mock::RunningMock,
+    count: u64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let accepted = mock
+            .stats()
+            .phone_numbers
+            .get(DEFAULT_PHONE_NUMBER_ID)
+            .map_or(0, |p| p.accepted);
+        if accepted >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {accepted} of {count} sends accepted within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn capped() -> anyhow::Result<Vec<Figure>> {
+    let broker = TestBroker::new().await?;
+    let db = TestDb::new().await?;
+    let mock = wa_graph_mock::spawn(MockConfig {
+        rate_per_second: CAP,
+        workers: 2,
+        ..MockConfig::for_tests()
+    })
+    .await?;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let app = App::build(config(&broker.amqp_url, &db.url, mock.base_url(), CAP)?).await?;
+        let token = CancellationToken::new();
+        replicas.push((token.clone(), tokio::spawn(app.run_until(token))));
+    }
+    let publisher = Publisher::connect(&broker.amqp_url, "bench-sender").await?;
+    let started = Instant::now();
+    publish_jobs(&publisher, CAPPED_JOBS, "capped").await?;
+    wait_accepted(&mock, CAPPED_JOBS as u64, Duration::from_secs(60)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = mock.stats();
+    let phone = stats
+        .phone_numbers
+        .get(DEFAULT_PHONE_NUMBER_ID)
+        .cloned()
+        .unwrap_or_default();
+    for (token, handle) in replicas {
+        token.cancel();
+        let _ = handle.await;
+    }
+    publisher.close().await;
+    mock.stop().await;
+    let ideal = CAPPED_JOBS as f64 / f64::from(CAP);
+    Ok(vec![
+        Figure {
+            group: GROUP.into(),
+            name: format!(
+                "{CAPPED_JOBS} jobs, cap {CAP}/s, 3 replicas: time to the last acceptance"
+            ),
+            value: elapsed,
+            unit: "s".into(),
+            baseline_name: Some("ideal (jobs / cap)".into()),
+            baseline_value: Some(ideal),
+            target: "<= 1.03 × ideal".into(),
+            met: elapsed <= ideal * 1.03,
+        },
+        Figure {
+            group: GROUP.into(),
+            name: "worst 1-second window at graph-mock (all send attempts)".into(),
+            value: phone.max_attempts_in_any_second as f64,
+            unit: "sends".into(),
+            baseline_name: Some("cap".into()),
+            baseline_value: Some(f64::from(CAP)),
+            target: format!("<= {CAP}, no 130429"),
+            met: phone.max_attempts_in_any_second <= u64::from(CAP)
+                && phone.rate_limited_130429 == 0,
+        },
+    ])
+}
+
+async fn uncapped() -> anyhow::Result<Vec<Figure>> {
+    let broker = TestBroker::new().await?;
+    let db = TestDb::new().await?;
+    let fast = MockConfig {
+        rate_per_second: 1_000_000,
+        pair_interval: Duration::ZERO,
+        workers: 2,
+        ..MockConfig::for_tests()
+    };
+    let mock = wa_graph_mock::spawn(fast.clone()).await?;
+
+    // Baseline: graph-mock's raw rate for the same bodies and concurrency.
+    let baseline_mock = wa_graph_mock::spawn(fast).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()?;
+    let url = format!(
+        "{}/v24.0/{DEFAULT_PHONE_NUMBER_ID}/messages",
+        baseline_mock.base_url().trim_end_matches('/')
+    );
+    let bodies: Arc<Vec<Value>> = Arc::new(
+        (0..UNCAPPED_JOBS)
+            .map(|i| {
+                let mut body = job(i, "base")["message"].clone();
+                body["messaging_product"] = json!("whatsapp");
+                body["recipient_type"] = json!("individual");
+                body["to"] = json!(format!("+62813{i:08}"));
+                body
+            })
+            .collect(),
+    );
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let base_started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, bodies, next) =
+            (client.clone(), url.clone(), bodies.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                client
+                    .post(&url)
+                    .bearer_auth(wa_graph_mock::DEFAULT_TOKEN)
+                    .json(body)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    let baseline = UNCAPPED_JOBS as f64 / base_started.elapsed().as_secs_f64();
+    baseline_mock.stop().await;
+
+    // The sender: jobs queued first, then one replica drains them.
+    let app = App::build(config(
+        &broker.amqp_url,
+        &db.url,
+        mock.base_url(),
+        1_000_000,
+    )?)
+    .await?;
+    let publisher = Publisher::connect(&broker.amqp_url, "bench-sender").await?;
+    publish_jobs(&publisher, UNCAPPED_JOBS, "fast").await?;
+    let token = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(app.run_until(token.clone()));
+    wait_accepted(&mock, UNCAPPED_JOBS as u64, Duration::from_secs(120)).await?;
+    let rate = UNCAPPED_JOBS as f64 / started.elapsed().as_secs_f64();
+    token.cancel();
+    let _ = running.await;
+    publisher.close().await;
+    mock.stop().await;
+    Ok(vec![Figure {
+        group: GROUP.into(),
+        name: format!(
+            "uncapped sends/s, one replica, {UNCAPPED_JOBS} queued jobs, graph-mock latency 0"
+        ),
+        value: rate,
+        unit: "sends/s".into(),
+        baseline_name: Some(format!(
+            "raw graph-mock rate, reqwest, {CONCURRENCY} concurrent"
+        )),
+        baseline_value: Some(baseline),
+        target: ">= 3000 sends/s".into(),
+        met: rate >= 3000.0,
+    }])
+}

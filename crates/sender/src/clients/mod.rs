@@ -1,0 +1,3 @@
+//! Outbound HTTP clients.
+
+pub mod graph;

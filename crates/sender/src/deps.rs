@@ -1,0 +1,212 @@
+//! What every handler shares: the pool, the confirmed publisher, the Graph client, the tenants
+//! with their limiter, lanes and pause state, and the outcome publishing (`outbound.accepted` /
+//! `outbound.failed`), which is confirmed before any ack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use wa_amqp::{PublishOptions, Publisher};
+use wa_common::contracts::Reference;
+use wa_common::contracts::outcome::{FailureReason, OutboundAccepted, OutboundFailed};
+use wa_common::ids::{JobId, TenantId};
+use wa_common::topology::{exchange, routing};
+use wa_db::PgPool;
+use wa_db::models::sender::SendJobRow;
+use wa_service::tenants::Tenant;
+
+use crate::clients::graph::GraphClient;
+use crate::config::SendConfig;
+use crate::lanes::Lanes;
+use crate::limiter::RateLimiter;
+
+/// Shared dependencies of the sender's handlers.
+pub struct Deps {
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// Confirmed publisher (outcomes, dispatch).
+    pub publisher: Publisher,
+    /// Graph API.
+    pub graph: GraphClient,
+    /// Sending policy.
+    pub send: SendConfig,
+    /// Per-tenant state, by tenant id.
+    pub tenants: HashMap<String, Arc<TenantCtx>>,
+}
+
+/// One tenant's sending state in this process.
+pub struct TenantCtx {
+    /// Credentials and number.
+    pub tenant: Arc<Tenant>,
+    /// The number's cap (shared with other replicas through PostgreSQL).
+    pub limiter: RateLimiter,
+    /// Per-recipient pacing.
+    pub lanes: Lanes,
+    /// Set while the tenant is paused (auth error); handlers stop calling Graph.
+    pub paused: AtomicBool,
+    /// Wakes the tenant's supervisor when a handler paused the tenant.
+    pub pause_notify: Notify,
+    /// Template registry answers, cached for [`TEMPLATE_CACHE_TTL`].
+    pub templates: TemplateCache,
+}
+
+/// How long a template registry answer is reused (the registry changes on Meta's review webhooks,
+/// minutes apart; Meta itself rejects a template paused in between with 132015).
+pub const TEMPLATE_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// `(name, language)` → `(fetched at, (status, parameter count) when the registry knows it)`.
+pub type TemplateCache = Mutex<HashMap<(String, String), (Instant, Option<(String, i32)>)>>;
+
+impl TenantCtx {
+    /// The registry's `(status, body parameter count)` of a template, cached briefly.
+    pub async fn template_status(
+        &self,
+        conn: &mut wa_db::AsyncPgConnection,
+        name: &str,
+        language: &str,
+    ) -> diesel::QueryResult<Option<(String, i32)>> {
+        let key = (name.to_owned(), language.to_owned());
+        if let Some((at, cached)) = self
+            .templates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            && at.elapsed() < TEMPLATE_CACHE_TTL
+        {
+            return Ok(cached.clone());
+        }
+        let fresh =
+            wa_db::models::sender::template_status(conn, &self.tenant.tenant_id, name, language)
+                .await?;
+        self.templates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, (Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+}
+
+/// Identity and echo fields of a job, for outcome events.
+#[derive(Debug, Clone)]
+pub struct JobRef {
+    /// Job id.
+    pub job_id: String,
+    /// Tenant id (as given, even when unknown).
+    pub tenant_id: String,
+    /// Recipient (normalised when possible).
+    pub to: String,
+    /// Echoed reference.
+    pub reference: Option<Reference>,
+}
+
+impl JobRef {
+    /// From a stored row.
+    pub fn from_row(row: &SendJobRow) -> Self {
+        Self {
+            job_id: row.job_id.clone(),
+            tenant_id: row.tenant_id.clone(),
+            to: row.to_e164.clone().unwrap_or_default(),
+            reference: match (&row.reference_kind, &row.reference_id) {
+                (Some(kind), Some(id)) => Some(Reference {
+                    kind: kind.clone(),
+                    id: id.clone(),
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
+fn ids(job: &JobRef) -> anyhow::Result<(JobId, TenantId)> {
+    let job_id = JobId::parse(job.job_id.clone()).map_err(|e| anyhow::anyhow!("job_id: {e}"))?;
+    let tenant_id =
+        TenantId::parse(job.tenant_id.clone()).map_err(|e| anyhow::anyhow!("tenant_id: {e}"))?;
+    Ok((job_id, tenant_id))
+}
+
+impl Deps {
+    /// Publishes `outbound.accepted` and waits for the broker's confirm.
+    pub async fn publish_accepted(
+        &self,
+        job: &JobRef,
+        wa_message_id: &str,
+        accepted_at: chrono::DateTime<Utc>,
+        attempts: i32,
+        trace: Option<opentelemetry::Context>,
+    ) -> anyhow::Result<()> {
+        let (job_id, tenant_id) = ids(job)?;
+        let event = OutboundAccepted {
+            job_id,
+            tenant_id,
+            to: job.to.clone(),
+            wa_message_id: wa_message_id.to_owned(),
+            accepted_at,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            reference: job.reference.clone(),
+        };
+        self.publisher
+            .publish_json(
+                exchange::WHATSAPP_EVENTS,
+                routing::OUTBOUND_ACCEPTED,
+                &event,
+                options(job, trace),
+            )
+            .await?;
+        metrics::counter!("wa_sender_sent_total", "tenant" => job.tenant_id.clone()).increment(1);
+        Ok(())
+    }
+
+    /// Publishes `outbound.failed` and waits for the broker's confirm. Needs a valid job id (the
+    /// contract type requires one); callers skip it when the job id itself is unreadable.
+    #[expect(clippy::too_many_arguments, reason = "one field per contract field")]
+    pub async fn publish_failed(
+        &self,
+        job: &JobRef,
+        reason: FailureReason,
+        meta_code: Option<i64>,
+        detail: &str,
+        attempts: i32,
+        trace: Option<opentelemetry::Context>,
+        count_metric: bool,
+    ) -> anyhow::Result<()> {
+        let (job_id, tenant_id) = ids(job)?;
+        let event = OutboundFailed {
+            job_id,
+            tenant_id,
+            to: job.to.clone(),
+            reason,
+            meta_code,
+            detail: detail.to_owned(),
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            failed_at: Utc::now(),
+            reference: job.reference.clone(),
+        };
+        self.publisher
+            .publish_json(
+                exchange::WHATSAPP_EVENTS,
+                routing::OUTBOUND_FAILED,
+                &event,
+                options(job, trace),
+            )
+            .await?;
+        if count_metric {
+            metrics::counter!("wa_sender_failed_total", "tenant" => job.tenant_id.clone(), "reason" => reason.as_str())
+                .increment(1);
+        }
+        Ok(())
+    }
+}
+
+fn options(job: &JobRef, trace: Option<opentelemetry::Context>) -> PublishOptions {
+    PublishOptions {
+        // Same message id for every copy of one outcome, so consumers can dedupe republished ones.
+        message_id: Some(format!("{}:{}:outcome", job.tenant_id, job.job_id)),
+        tenant_id: Some(job.tenant_id.clone()),
+        trace_context: trace,
+        ..PublishOptions::default()
+    }
+}

@@ -1,0 +1,611 @@
+//! Dispatch of one tenant's queues `sender.dispatch.<tenant>.<priority>` (single active consumer
+//! each): expiry, 24-hour window and template checks, per-recipient pacing, a slot from the
+//! number's shared limiter, the Graph call, and the outcome — recorded in PostgreSQL, published with
+//! a confirm, and only then acked. Errors follow the table in [`crate::classify`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use wa_amqp::{Handler, IncomingMessage, Outcome};
+use wa_common::contracts::outcome::FailureReason;
+use wa_common::contracts::send_job::{MessageContent, SendJob};
+use wa_common::decode;
+use wa_common::meta::send_message_body;
+use wa_common::phone::E164;
+use wa_db::models::sender::{self as q, AttemptResult, NewSendJob, SendJobRow};
+
+use crate::classify::{Class, classify};
+use crate::clients::graph::SendResult;
+use crate::deps::{Deps, JobRef, TenantCtx};
+use crate::limiter::SLOT_TOLERANCE;
+use crate::sequencer::Sequencer;
+
+/// Delay before a job that hit an infrastructure error (DB, broker) is tried again.
+const INFRA_RETRY: Duration = Duration::from_secs(1);
+/// Prefix of the `biz_opaque_callback_data` we set when the job has none: settles unknown outcomes.
+pub const CALLBACK_PREFIX: &str = "wa-sender:";
+/// Longest pair-rate wait held in memory (keeping the recipient's order); longer ones use the
+/// retry ladder.
+const MAX_INPROCESS_PAIR_WAIT: Duration = Duration::from_secs(16);
+/// Longest transient backoff of the delay-queue ladder.
+const MAX_BACKOFF: Duration = Duration::from_secs(256);
+
+/// The handler of one tenant's dispatch queues.
+pub struct Dispatcher {
+    deps: Arc<Deps>,
+    ctx: Arc<TenantCtx>,
+    order: Arc<Sequencer>,
+}
+
+impl Dispatcher {
+    /// A handler for `ctx`'s queues.
+    pub fn new(deps: Arc<Deps>, ctx: Arc<TenantCtx>) -> Self {
+        Self {
+            deps,
+            ctx,
+            order: Arc::new(Sequencer::default()),
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter for the `attempts`-th failed call (1-based).
+pub fn backoff(attempts: u32) -> Duration {
+    let exp = Duration::from_secs(1u64 << attempts.min(8).saturating_sub(1));
+    let cap = exp.min(MAX_BACKOFF);
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    cap.mul_f64(jitter).max(Duration::from_millis(500))
+}
+
+/// 4^X seconds for the X-th 131056 in a row (Meta's advice), capped.
+pub fn pair_backoff(strikes: u32) -> Duration {
+    Duration::from_secs(4u64.saturating_pow(strikes.clamp(1, 4))).min(MAX_BACKOFF)
+}
+
+enum Step {
+    Done(Outcome),
+}
+
+impl Handler for Dispatcher {
+    async fn handle(&self, msg: IncomingMessage) -> Outcome {
+        let span = tracing::info_span!("sender.dispatch", tenant_id = %self.ctx.tenant.tenant_id, job_id = tracing::field::Empty, attempt = msg.attempt);
+        let _ = span.set_parent(msg.trace_context.clone());
+        let Step::Done(outcome) = self.dispatch(&msg).instrument(span).await;
+        outcome
+    }
+}
+
+impl Dispatcher {
+    async fn dispatch(&self, msg: &IncomingMessage) -> Step {
+        let deps = &self.deps;
+        let ctx = &self.ctx;
+        let tenant_id = ctx.tenant.tenant_id.as_str();
+        let trace = Some(msg.trace_context.clone());
+        let decoded = decode::<SendJob>(&msg.body);
+        let to = decoded
+            .as_ref()
+            .ok()
+            .and_then(|job| E164::parse(&job.to).ok());
+        // Every delivery enters the sequencer before anything else: jobs to one recipient are
+        // handled in delivery order (single active consumer: publish order); others concurrently.
+        let key = to.as_ref().map(|to| to.as_str().to_owned());
+        let _turn = self.order.enter(msg.sequence, key).await;
+        let job = match decoded {
+            Ok(job) => job,
+            // Intake validated it; a bad body here was put here by hand.
+            Err(error) => {
+                return Step::Done(Outcome::dead_letter("invalid_job", error.to_string()));
+            }
+        };
+        tracing::Span::current().record("job_id", job.job_id.as_str());
+        let Some(to) = to else {
+            return Step::Done(Outcome::dead_letter(
+                "invalid_recipient",
+                "`to` is not a phone number",
+            ));
+        };
+        // The recipient's pacing state, shared by the tenant's priority queues.
+        let mut lane = ctx.lanes.acquire(to.as_str()).await;
+        let mut conn = match deps.pool.get().await {
+            Ok(conn) => conn,
+            Err(error) => return infra("database unavailable", &error),
+        };
+        let new = NewSendJob {
+            tenant_id,
+            job_id: job.job_id.as_str(),
+            to_e164: Some(to.as_str()),
+            priority: job.priority.as_str(),
+            message_type: job.message.content.type_name(),
+            reference_kind: job.reference.as_ref().map(|r| r.kind.as_str()),
+            reference_id: job.reference.as_ref().map(|r| r.id.as_str()),
+            expires_at: job.expires_at.map(|at| at.to_utc()),
+        };
+        // Intake recorded the job; insert only if it was put here some other way.
+        let row = match SendJobRow::get(&mut conn, tenant_id, new.job_id).await {
+            Ok(row) => row,
+            Err(diesel::result::Error::NotFound) => {
+                match SendJobRow::insert_or_get(&mut conn, &new).await {
+                    Ok(row) => row,
+                    Err(error) => return infra("could not record the job", &error),
+                }
+            }
+            Err(error) => return infra("could not read the job", &error),
+        };
+        let job_ref = JobRef::from_row(&row);
+        match row.state.as_str() {
+            "received" => {}
+            "accepted" => {
+                if let (Some(wamid), Some(at)) = (&row.wa_message_id, row.accepted_at)
+                    && let Err(error) = deps
+                        .publish_accepted(&job_ref, wamid, at, row.attempts, trace)
+                        .await
+                {
+                    return infra("could not re-publish outbound.accepted", &error);
+                }
+                return Step::Done(Outcome::Ack);
+            }
+            "sending" => {
+                // A previous delivery crashed mid-call: Meta may have it. Never resend blindly.
+                if let Err(error) = SendJobRow::mark_unknown(&mut conn, tenant_id, new.job_id).await
+                {
+                    return infra("could not mark the outcome unknown", &error);
+                }
+                metrics::counter!("wa_sender_unknown_outcome_total", "tenant" => tenant_id.to_owned()).increment(1);
+                return Step::Done(Outcome::Ack);
+            }
+            _ => return Step::Done(Outcome::Ack),
+        }
+
+        // Final checks that need no Graph call.
+        if let Some(expires_at) = job.expires_at
+            && expires_at.to_utc() <= Utc::now()
+        {
+            return self
+                .fail(
+                    &mut conn,
+                    &job_ref,
+                    FailureReason::Expired,
+                    None,
+                    "expires_at passed before sending",
+                    row.attempts,
+                    trace,
+                    false,
+                )
+                .await;
+        }
+        if !job.message.content.is_template() {
+            match q::last_inbound(&mut conn, tenant_id, to.digits()).await {
+                Ok(last) => {
+                    let open_since = Utc::now() - chrono::Duration::hours(24)
+                        + chrono::Duration::from_std(deps.send.window_margin).unwrap_or_default();
+                    if last.is_none_or(|at| at < open_since) {
+                        let detail = match last {
+                            None => "no inbound message from this recipient: free-form messages need an open 24-hour window; send a template".to_owned(),
+                            Some(at) => format!("last inbound message at {at} is older than 24 h (with the safety margin); send a template"),
+                        };
+                        return self
+                            .fail(
+                                &mut conn,
+                                &job_ref,
+                                FailureReason::WindowClosed,
+                                None,
+                                &detail,
+                                row.attempts,
+                                trace,
+                                false,
+                            )
+                            .await;
+                    }
+                }
+                Err(error) => return infra("could not read the 24-hour window", &error),
+            }
+        }
+        if let MessageContent::Template { template } = &job.message.content {
+            match ctx
+                .template_status(&mut conn, &template.name, &template.language.code)
+                .await
+            {
+                Ok(Some((status, parameter_count))) => {
+                    let problem = match status.as_str() {
+                        "APPROVED" => None,
+                        "PAUSED" | "DISABLED" => Some((
+                            FailureReason::TemplatePaused,
+                            format!("template {} is {status}", template.name),
+                        )),
+                        other => Some((
+                            FailureReason::TemplateInvalid,
+                            format!("template {} is {other}, not APPROVED", template.name),
+                        )),
+                    };
+                    let problem = problem.or_else(|| {
+                        let given = template.body_parameter_count();
+                        (usize::try_from(parameter_count).ok() != Some(given)).then(|| {
+                            (
+                                FailureReason::TemplateInvalid,
+                                format!("template {} takes {parameter_count} body parameters, the job gives {given}", template.name),
+                            )
+                        })
+                    });
+                    if let Some((reason, detail)) = problem {
+                        return self
+                            .fail(
+                                &mut conn,
+                                &job_ref,
+                                reason,
+                                None,
+                                &detail,
+                                row.attempts,
+                                trace,
+                                true,
+                            )
+                            .await;
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => return infra("could not read the template registry", &error),
+            }
+        }
+        drop(conn);
+
+        // Per-recipient pacing (lane held since the start), then a slot of the number's cap.
+        let mut body = send_message_body(&to, &job.message);
+        if job.message.biz_opaque_callback_data.is_none()
+            && let Some(map) = body.as_object_mut()
+        {
+            map.insert(
+                "biz_opaque_callback_data".into(),
+                serde_json::Value::from(format!("{CALLBACK_PREFIX}{}", job.job_id)),
+            );
+        }
+        loop {
+            if lane.remaining() > MAX_INPROCESS_PAIR_WAIT {
+                let delay = lane.remaining();
+                return Step::Done(Outcome::retry_in(delay));
+            }
+            lane.wait_turn().await;
+            if ctx.paused.load(Ordering::Relaxed) {
+                // The supervisor stops this queue; hand the job back (it stays queued).
+                return Step::Done(Outcome::retry_in(Duration::from_secs(4)));
+            }
+            // Never hold a pooled connection while waiting for a slot: the limiter needs one.
+            let mut claimed = None;
+            loop {
+                let Ok(slot) = ctx.limiter.acquire(job.priority).await else {
+                    if claimed.is_some()
+                        && let Ok(mut conn) = deps.pool.get().await
+                    {
+                        let _ = SendJobRow::mark_retryable(&mut conn, tenant_id, new.job_id, None)
+                            .await;
+                    }
+                    return Step::Done(Outcome::Requeue);
+                };
+                let mut conn = match deps.pool.get().await {
+                    Ok(conn) => conn,
+                    Err(error) => return infra("database unavailable", &error),
+                };
+                if claimed.is_none() {
+                    claimed = match q::claim_for_send(&mut conn, tenant_id, new.job_id).await {
+                        Ok(Some(claim)) => Some(claim),
+                        // Another delivery of the same job got there first; it reports the outcome.
+                        Ok(None) => return Step::Done(Outcome::Ack),
+                        Err(error) => return infra("could not claim the job", &error),
+                    };
+                }
+                drop(conn);
+                if tokio::time::Instant::now() <= slot + SLOT_TOLERANCE {
+                    tokio::time::sleep_until(slot).await;
+                    break;
+                }
+                metrics::counter!("wa_sender_missed_slots_total", "tenant" => tenant_id.to_owned())
+                    .increment(1);
+            }
+            let Some(claimed) = claimed else {
+                return Step::Done(Outcome::Requeue);
+            };
+            let lag = (Utc::now() - claimed.first_seen_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!("wa_sender_queue_lag_seconds", "tenant" => tenant_id.to_owned())
+                .record(lag.as_secs_f64());
+            let result = deps
+                .graph
+                .send_message(&ctx.tenant.phone_number_id, &ctx.tenant.access_token, &body)
+                .await;
+            let attempts = claimed.attempts;
+            let mut conn = match deps.pool.get().await {
+                Ok(conn) => conn,
+                // The row stays `sending`: a redelivery marks it unknown; a status settles it.
+                Err(error) => return infra("database unavailable after the Graph call", &error),
+            };
+            match result {
+                SendResult::Accepted { wa_message_id } => {
+                    lane.pair_strikes = 0;
+                    lane.next_allowed = Some(tokio::time::Instant::now() + deps.send.pair_interval);
+                    let now = Utc::now();
+                    let stored = q::record_accepted(
+                        &mut conn,
+                        tenant_id,
+                        new.job_id,
+                        attempts,
+                        &wa_message_id,
+                        now,
+                    )
+                    .await;
+                    drop(conn);
+                    if let Err(error) = stored {
+                        // Sent but not recorded: the row stays `sending`, so a redelivery marks it
+                        // unknown and the status webhook settles it; never resend.
+                        tracing::error!(error = %error, "accepted by Meta but not recorded");
+                        return Step::Done(Outcome::Requeue);
+                    }
+                    if let Err(error) = deps
+                        .publish_accepted(&job_ref, &wa_message_id, now, attempts, trace)
+                        .await
+                    {
+                        // Recorded as accepted: a redelivery re-publishes the outcome without sending.
+                        return infra("could not publish outbound.accepted", &error);
+                    }
+                    return Step::Done(Outcome::Ack);
+                }
+                SendResult::Unknown { detail } => {
+                    let _ = SendJobRow::mark_unknown(&mut conn, tenant_id, new.job_id).await;
+                    let _ = SendJobRow::finish_attempt(
+                        &mut conn,
+                        tenant_id,
+                        new.job_id,
+                        attempts,
+                        &AttemptResult {
+                            http_status: None,
+                            meta_code: None,
+                            outcome: "unknown",
+                            detail: Some(&detail),
+                            fbtrace_id: None,
+                        },
+                    )
+                    .await;
+                    tracing::warn!(detail = %detail, "outcome unknown; not resending, waiting for a status or the timeout");
+                    metrics::counter!("wa_sender_unknown_outcome_total", "tenant" => tenant_id.to_owned()).increment(1);
+                    lane.next_allowed = Some(tokio::time::Instant::now() + deps.send.pair_interval);
+                    return Step::Done(Outcome::Ack);
+                }
+                SendResult::NotSent { detail } => {
+                    let _ = SendJobRow::finish_attempt(
+                        &mut conn,
+                        tenant_id,
+                        new.job_id,
+                        attempts,
+                        &AttemptResult {
+                            http_status: None,
+                            meta_code: None,
+                            outcome: "transient",
+                            detail: Some(&detail),
+                            fbtrace_id: None,
+                        },
+                    )
+                    .await;
+                    return self
+                        .transient(
+                            &mut conn, &job_ref, &job, None, &detail, attempts, "connect", trace,
+                        )
+                        .await;
+                }
+                SendResult::Rejected {
+                    http_status,
+                    code,
+                    detail,
+                    fbtrace_id,
+                } => {
+                    let class = classify(http_status, code);
+                    let word = match class {
+                        Class::Transient { .. } => "transient",
+                        Class::Permanent(_) => "permanent",
+                        Class::Auth => "auth",
+                    };
+                    let _ = SendJobRow::finish_attempt(
+                        &mut conn,
+                        tenant_id,
+                        new.job_id,
+                        attempts,
+                        &AttemptResult {
+                            http_status: Some(i32::from(http_status)),
+                            meta_code: code,
+                            outcome: word,
+                            detail: Some(&detail),
+                            fbtrace_id: fbtrace_id.as_deref(),
+                        },
+                    )
+                    .await;
+                    match class {
+                        Class::Permanent(reason) => {
+                            return self
+                                .fail(
+                                    &mut conn, &job_ref, reason, code, &detail, attempts, trace,
+                                    true,
+                                )
+                                .await;
+                        }
+                        Class::Auth => {
+                            if let Err(error) =
+                                SendJobRow::mark_retryable(&mut conn, tenant_id, new.job_id, code)
+                                    .await
+                            {
+                                return infra("could not release the job", &error);
+                            }
+                            self.pause(&mut conn, code, &detail).await;
+                            return Step::Done(Outcome::retry_in(Duration::from_secs(4)));
+                        }
+                        Class::Transient { pair_limited: true } => {
+                            lane.pair_strikes += 1;
+                            let wait = pair_backoff(lane.pair_strikes);
+                            lane.next_allowed = Some(tokio::time::Instant::now() + wait);
+                            metrics::counter!("wa_sender_retries_total", "tenant" => tenant_id.to_owned(), "reason" => "pair_rate").increment(1);
+                            if attempts >= i32::try_from(deps.send.max_attempts).unwrap_or(i32::MAX)
+                            {
+                                return self
+                                    .transient(
+                                        &mut conn,
+                                        &job_ref,
+                                        &job,
+                                        code,
+                                        &detail,
+                                        attempts,
+                                        "pair_rate",
+                                        trace,
+                                    )
+                                    .await;
+                            }
+                            if let Err(error) =
+                                SendJobRow::mark_retryable(&mut conn, tenant_id, new.job_id, code)
+                                    .await
+                            {
+                                return infra("could not release the job", &error);
+                            }
+                            // Hold the lane (the recipient's later jobs wait behind this one).
+                            continue;
+                        }
+                        Class::Transient {
+                            pair_limited: false,
+                        } => {
+                            let reason = code
+                                .map_or_else(|| format!("http_{http_status}"), |c| c.to_string());
+                            return self
+                                .transient(
+                                    &mut conn, &job_ref, &job, code, &detail, attempts, &reason,
+                                    trace,
+                                )
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A transient failure: retry through the delay queues, or give up after the attempt budget
+    /// or the job's expiry.
+    #[expect(clippy::too_many_arguments, reason = "the failure's facts")]
+    async fn transient(
+        &self,
+        conn: &mut wa_db::AsyncPgConnection,
+        job_ref: &JobRef,
+        job: &SendJob,
+        code: Option<i64>,
+        detail: &str,
+        attempts: i32,
+        reason: &str,
+        trace: Option<opentelemetry::Context>,
+    ) -> Step {
+        let deps = &self.deps;
+        let budget = i32::try_from(deps.send.max_attempts).unwrap_or(i32::MAX);
+        let delay = backoff(u32::try_from(attempts).unwrap_or(1));
+        let expired = job.expires_at.is_some_and(|at| {
+            at.to_utc() <= Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+        });
+        if attempts >= budget {
+            let detail = format!("gave up after {attempts} attempts; last error: {detail}");
+            return self
+                .fail(
+                    conn,
+                    job_ref,
+                    FailureReason::RetriesExhausted,
+                    code,
+                    &detail,
+                    attempts,
+                    trace,
+                    true,
+                )
+                .await;
+        }
+        if expired {
+            let detail = format!("expires_at passes before the next attempt; last error: {detail}");
+            return self
+                .fail(
+                    conn,
+                    job_ref,
+                    FailureReason::Expired,
+                    code,
+                    &detail,
+                    attempts,
+                    trace,
+                    false,
+                )
+                .await;
+        }
+        if let Err(error) =
+            SendJobRow::mark_retryable(conn, &job_ref.tenant_id, &job_ref.job_id, code).await
+        {
+            return infra("could not release the job", &error);
+        }
+        metrics::counter!("wa_sender_retries_total", "tenant" => job_ref.tenant_id.clone(), "reason" => reason.to_owned()).increment(1);
+        tracing::info!(attempts, retry_in = ?delay, reason, "transient failure; retrying");
+        Step::Done(Outcome::retry_in(delay))
+    }
+
+    /// A final failure: record it, publish `outbound.failed` (confirmed), then dead-letter the job
+    /// with the reason — except `expired` and `window_closed`, which are acked (nothing to replay).
+    #[expect(clippy::too_many_arguments, reason = "the failure's facts")]
+    async fn fail(
+        &self,
+        conn: &mut wa_db::AsyncPgConnection,
+        job_ref: &JobRef,
+        reason: FailureReason,
+        meta_code: Option<i64>,
+        detail: &str,
+        attempts: i32,
+        trace: Option<opentelemetry::Context>,
+        dead_letter: bool,
+    ) -> Step {
+        match SendJobRow::mark_failed(
+            conn,
+            &job_ref.tenant_id,
+            &job_ref.job_id,
+            reason.as_str(),
+            meta_code,
+            detail,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(error) => return infra("could not record the failure", &error),
+        }
+        if let Err(error) = self
+            .deps
+            .publish_failed(job_ref, reason, meta_code, detail, attempts, trace, true)
+            .await
+        {
+            return infra("could not publish outbound.failed", &error);
+        }
+        if dead_letter {
+            Step::Done(Outcome::dead_letter(reason.as_str(), detail))
+        } else {
+            Step::Done(Outcome::Ack)
+        }
+    }
+
+    /// Auth error: pause the tenant for every replica and wake the supervisor, which stops the
+    /// tenant's consumers (jobs stay queued) and probes until the credentials work again.
+    async fn pause(&self, conn: &mut wa_db::AsyncPgConnection, code: Option<i64>, detail: &str) {
+        let tenant_id = &self.ctx.tenant.tenant_id;
+        let reason = format!(
+            "auth error {}: {detail}",
+            code.map_or_else(|| "?".to_owned(), |c| c.to_string())
+        );
+        if let Err(error) = q::pause_tenant(conn, tenant_id, &reason).await {
+            tracing::error!(error = %error, "could not record the pause; pausing this replica only");
+        }
+        if !self.ctx.paused.swap(true, Ordering::Relaxed) {
+            tracing::error!(tenant_id = %tenant_id, meta_code = ?code, "auth error: pausing the tenant's sending");
+        }
+        metrics::gauge!("wa_sender_tenant_paused", "tenant" => tenant_id.clone()).set(1.0);
+        self.ctx.pause_notify.notify_one();
+    }
+}
+
+fn infra(what: &str, error: &dyn std::fmt::Display) -> Step {
+    tracing::warn!(error = %error, "{what}; retrying");
+    Step::Done(Outcome::retry_in(INFRA_RETRY))
+}
