@@ -239,7 +239,14 @@ fn work_queue(
     }
 }
 
-fn holding_queue(name: &str, purpose: &'static str, bindings: Vec<(String, String)>) -> QueueSpec {
+fn holding_queue(
+    name: &str,
+    purpose: &'static str,
+    mut bindings: Vec<(String, String)>,
+) -> QueueSpec {
+    // Like a work queue, a consumer of a holding queue may ask for a delayed retry; the copy
+    // must find its way back instead of waiting in a retry tier for good.
+    bindings.push((exchange::RETRY_RETURN.to_owned(), name.to_owned()));
     QueueSpec {
         name: name.to_owned(),
         role: QueueRole::Holding,
@@ -510,6 +517,25 @@ mod tests {
             routing::JAMAAH_ERASURE_REQUESTED,
         ] {
             assert!(bound(exchange::PLATFORM_EVENTS, key), "{key}");
+        }
+    }
+
+    #[test]
+    fn every_queue_that_dead_letters_can_take_a_delayed_retry_back() {
+        let topology = topology();
+        for q in topology
+            .queues
+            .iter()
+            .filter(|q| q.dead_letter == DeadLetterPolicy::ToDeadLetterQueue)
+        {
+            assert!(
+                q.bindings
+                    .iter()
+                    .any(|(e, k)| e == exchange::RETRY_RETURN && k == &q.name),
+                "{} is not bound to {}",
+                q.name,
+                exchange::RETRY_RETURN
+            );
         }
     }
 
