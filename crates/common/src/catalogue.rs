@@ -387,7 +387,12 @@ mod examples {
             "job_id": "rem-sched-42-d-3", "tenant_id": "default", "to": "+6281234567890",
             "wa_message_id": "wamid.HBgNNjI4MTIzNDU2Nzg5MBUCABEYEjc3QTFCMkMzRDRFNUY2MDcA",
             "accepted_at": "2026-11-28T02:00:01Z", "attempts": 1,
-            "reference": { "kind": "payment_reminder", "id": "sched-42" }
+            "reference": { "kind": "payment_reminder", "id": "sched-42" },
+            "message": { "type": "template", "template": { "name": "payment_reminder", "language": { "code": "id" },
+                "components": [{ "type": "body", "parameters": [
+                    { "type": "text", "text": "Siti Aminah" }, { "type": "text", "text": "Umrah Reguler Desember 2026" },
+                    { "type": "text", "text": "05 Des 2026" }, { "type": "text", "text": "1.500.000" },
+                    { "type": "text", "text": "Ustadz Ahmad" }, { "type": "text", "text": "+62 811-2233-4455" } ] }] } }
         })
     }
 
@@ -397,7 +402,8 @@ mod examples {
             "reason": "window_closed", "meta_code": 131047,
             "detail": "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
             "attempts": 1, "failed_at": "2026-11-28T02:00:01Z",
-            "reference": { "kind": "agent_reply", "id": "chat-77" }
+            "reference": { "kind": "agent_reply", "id": "chat-77" },
+            "message": { "type": "text", "text": { "body": "Wa'alaikumussalam, manasik hari Sabtu jam 08.00." } }
         })
     }
 

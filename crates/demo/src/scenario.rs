@@ -198,7 +198,7 @@ fn describe_history(history: &[Value]) -> Vec<String> {
             format!(
                 "{:<8} {:<12} status={:<9} {}",
                 m.get("direction").and_then(Value::as_str).unwrap_or("?"),
-                m.get("message_type").and_then(Value::as_str).unwrap_or("?"),
+                m.get("type").and_then(Value::as_str).unwrap_or("?"),
                 m.get("status").and_then(Value::as_str).unwrap_or("-"),
                 m.get("body")
                     .and_then(Value::as_str)

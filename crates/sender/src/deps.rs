@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use wa_amqp::{PublishOptions, Publisher};
 use wa_common::contracts::Reference;
 use wa_common::contracts::outcome::{FailureReason, OutboundAccepted, OutboundFailed};
+use wa_common::contracts::send_job::OutboundMessage;
 use wa_common::ids::{JobId, TenantId};
 use wa_common::topology::{exchange, routing};
 use wa_db::PgPool;
@@ -101,6 +102,9 @@ pub struct JobRef {
     pub to: String,
     /// Echoed reference.
     pub reference: Option<Reference>,
+    /// The message, echoed in the outcome so the history has both directions (None when only the
+    /// stored row is at hand).
+    pub message: Option<OutboundMessage>,
 }
 
 impl JobRef {
@@ -117,6 +121,7 @@ impl JobRef {
                 }),
                 _ => None,
             },
+            message: None,
         }
     }
 }
@@ -147,6 +152,7 @@ impl Deps {
             accepted_at,
             attempts: u32::try_from(attempts).unwrap_or(0),
             reference: job.reference.clone(),
+            message: job.message.clone(),
         };
         self.publisher
             .publish_json(
@@ -184,6 +190,7 @@ impl Deps {
             attempts: u32::try_from(attempts).unwrap_or(0),
             failed_at: Utc::now(),
             reference: job.reference.clone(),
+            message: job.message.clone(),
         };
         self.publisher
             .publish_json(

@@ -135,7 +135,8 @@ impl Dispatcher {
             }
             Err(error) => return infra("could not read the job", &error),
         };
-        let job_ref = JobRef::from_row(&row);
+        let mut job_ref = JobRef::from_row(&row);
+        job_ref.message = Some(job.message.clone());
         match row.state.as_str() {
             "received" => {}
             "accepted" => {

@@ -55,6 +55,9 @@ fn peek(body: &[u8]) -> Option<JobRef> {
         tenant_id,
         to,
         reference,
+        message: value
+            .get("message")
+            .and_then(|m| serde_json::from_value(m.clone()).ok()),
     })
 }
 
@@ -106,6 +109,7 @@ impl Handler for Intake {
             tenant_id: job.tenant_id.as_str().to_owned(),
             to: job.to.clone(),
             reference: job.reference.clone(),
+            message: Some(job.message.clone()),
         };
         if !deps.tenants.contains_key(job.tenant_id.as_str()) {
             let detail = format!("tenant {} is not configured", job.tenant_id);

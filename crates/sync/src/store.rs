@@ -15,6 +15,7 @@ use wa_common::contracts::inbound::{InboundMessage, InboundStatus};
 use wa_common::contracts::notification::AgentNotification;
 use wa_common::contracts::outcome::{OutboundAccepted, OutboundFailed};
 use wa_common::contracts::platform::{JamaahErasureRequested, JamaahUpserted};
+use wa_common::contracts::send_job::{MessageContent, OutboundMessage};
 use wa_common::contracts::status::{DeliveryStatus, OutboundStatus};
 use wa_common::ids::{AgentId, JamaahId, JobId, TenantId};
 use wa_common::phone::E164;
@@ -109,7 +110,7 @@ pub async fn apply(
             event,
         } => apply_status_event(conn, cipher, tenant, *status, event, effects).await,
         SyncEvent::Accepted(accepted) => apply_accepted(conn, cipher, accepted, effects).await,
-        SyncEvent::Failed(failed) => apply_failed(conn, failed).await,
+        SyncEvent::Failed(failed) => apply_failed(conn, cipher, failed).await,
         SyncEvent::JamaahUpserted { event, phone } => apply_jamaah(conn, event, phone).await,
         SyncEvent::Erasure(request) => apply_erasure(conn, request, effects).await,
     }
@@ -608,6 +609,53 @@ fn wa_id_of(to: &str) -> Option<String> {
     }
 }
 
+/// What an outbound message looks like in the history: its type, readable text and the whole
+/// message object, the last two encrypted. Outcomes re-published from the sender's records carry
+/// no message; those rows show type `outbound` without a body.
+struct OutboundContent {
+    message_type: String,
+    body: Option<crate::crypto::Sealed>,
+    raw: Option<crate::crypto::Sealed>,
+}
+
+fn outbound_content(
+    cipher: &Cipher,
+    message: Option<&OutboundMessage>,
+) -> Result<OutboundContent, StoreError> {
+    let Some(message) = message else {
+        return Ok(OutboundContent {
+            message_type: "outbound".into(),
+            body: None,
+            raw: None,
+        });
+    };
+    let message_type = message.content.type_name().to_owned();
+    let value = serde_json::to_value(message)?;
+    let text = match &message.content {
+        MessageContent::Template { template } => {
+            let parameters: Vec<&str> = template
+                .components
+                .iter()
+                .flat_map(|c| c.parameters.iter())
+                .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+                .collect();
+            Some(format!("[{}] {}", template.name, parameters.join(" | ")))
+        }
+        MessageContent::Interactive { interactive } => interactive
+            .pointer("/body/text")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        _ => content_of(&message_type, &value).0,
+    };
+    let body = text.map(|t| cipher.seal(t.as_bytes())).transpose()?;
+    let raw = Some(cipher.seal(&serde_json::to_vec(&value)?)?);
+    Ok(OutboundContent {
+        message_type,
+        body,
+        raw,
+    })
+}
+
 async fn apply_accepted(
     conn: &mut AsyncPgConnection,
     cipher: &Cipher,
@@ -617,6 +665,7 @@ async fn apply_accepted(
     let tenant = accepted.tenant_id.as_str();
     let contact = contact_for_wa_id(conn, tenant, wa_id_of(&accepted.to).as_deref(), None).await?;
     let conversation = Conversation::ensure(conn, tenant, contact.id).await?;
+    let content = outbound_content(cipher, accepted.message.as_ref())?;
     let inserted = Message::insert_new(
         conn,
         &NewMessage {
@@ -628,13 +677,12 @@ async fn apply_accepted(
             job_id: Some(accepted.job_id.as_str().to_owned()),
             reference_kind: accepted.reference.as_ref().map(|r| r.kind.clone()),
             reference_id: accepted.reference.as_ref().map(|r| r.id.clone()),
-            // The outcome event carries no message content; the type is not known here.
-            message_type: "outbound".into(),
-            body_ciphertext: None,
-            body_nonce: None,
-            body_key_id: None,
-            raw_ciphertext: None,
-            raw_nonce: None,
+            message_type: content.message_type,
+            body_ciphertext: content.body.as_ref().map(|b| b.ciphertext.clone()),
+            body_nonce: content.body.as_ref().map(|b| b.nonce.clone()),
+            body_key_id: content.raw.as_ref().map(|r| r.key_id.clone()),
+            raw_ciphertext: content.raw.as_ref().map(|r| r.ciphertext.clone()),
+            raw_nonce: content.raw.as_ref().map(|r| r.nonce.clone()),
             current_status: None,
             status_at: None,
             error_code: None,
@@ -658,6 +706,7 @@ async fn apply_accepted(
 
 async fn apply_failed(
     conn: &mut AsyncPgConnection,
+    cipher: &Cipher,
     failed: &OutboundFailed,
 ) -> Result<(), StoreError> {
     let tenant = failed.tenant_id.as_str();
@@ -669,6 +718,7 @@ async fn apply_failed(
     };
     let contact = contact_for_wa_id(conn, tenant, Some(&wa_id), None).await?;
     let conversation = Conversation::ensure(conn, tenant, contact.id).await?;
+    let content = outbound_content(cipher, failed.message.as_ref())?;
     let inserted = Message::insert_new(
         conn,
         &NewMessage {
@@ -680,12 +730,12 @@ async fn apply_failed(
             job_id: Some(failed.job_id.as_str().to_owned()),
             reference_kind: failed.reference.as_ref().map(|r| r.kind.clone()),
             reference_id: failed.reference.as_ref().map(|r| r.id.clone()),
-            message_type: "outbound".into(),
-            body_ciphertext: None,
-            body_nonce: None,
-            body_key_id: None,
-            raw_ciphertext: None,
-            raw_nonce: None,
+            message_type: content.message_type,
+            body_ciphertext: content.body.as_ref().map(|b| b.ciphertext.clone()),
+            body_nonce: content.body.as_ref().map(|b| b.nonce.clone()),
+            body_key_id: content.raw.as_ref().map(|r| r.key_id.clone()),
+            raw_ciphertext: content.raw.as_ref().map(|r| r.ciphertext.clone()),
+            raw_nonce: content.raw.as_ref().map(|r| r.nonce.clone()),
             current_status: Some("failed".into()),
             status_at: Some(failed.failed_at),
             error_code: failed.meta_code,

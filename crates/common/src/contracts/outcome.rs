@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Reference;
+use super::send_job::OutboundMessage;
 use crate::Contract;
 use crate::ids::{JobId, TenantId};
 
@@ -25,6 +26,10 @@ pub struct OutboundAccepted {
     pub attempts: u32,
     /// The job's reference.
     pub reference: Option<Reference>,
+    /// The message as sent, so the conversation history shows both directions; absent when the
+    /// sender re-publishes an outcome it recorded earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<OutboundMessage>,
 }
 
 impl Contract for OutboundAccepted {
@@ -52,6 +57,9 @@ pub struct OutboundFailed {
     pub failed_at: DateTime<Utc>,
     /// The job's reference.
     pub reference: Option<Reference>,
+    /// The message that could not be sent, when the job was readable (see [`OutboundAccepted::message`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<OutboundMessage>,
 }
 
 impl Contract for OutboundFailed {

@@ -66,6 +66,8 @@ async fn every_message_type_reaches_graph_in_metas_shape_with_plus62_and_the_ten
         let (key, body) = &outcomes[*id];
         assert_eq!(key, "outbound.accepted", "{id}: {body}");
         assert_eq!(body["attempts"], 1, "{id}");
+        // The outcome echoes the message, so the history can show what was sent.
+        assert!(body["message"]["type"].is_string(), "{id}: {body}");
         assert!(
             body["wa_message_id"]
                 .as_str()

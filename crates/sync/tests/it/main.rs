@@ -1168,3 +1168,81 @@ async fn shutting_down_with_events_in_flight_loses_nothing() {
         "lost events: {stored} stored, {waiting} waiting"
     );
 }
+
+#[tokio::test]
+async fn outbound_messages_show_their_type_and_text_in_the_history() {
+    let app = spawn_app().await;
+    app.publish(routing::JAMAAH_UPSERTED, &jamaah(TENANT, "jm-o", PHONE))
+        .await;
+    app.wait_count("SELECT count(*)::bigint AS n FROM contacts", 1)
+        .await;
+    let now = Utc::now();
+    let mut text = accepted("job-text", PHONE, "wamid.OUT1", now);
+    text["message"] =
+        json!({"type": "text", "text": {"body": "Wa'alaikumussalam, manasik hari Sabtu."}});
+    let mut template = accepted(
+        "job-tpl",
+        PHONE,
+        "wamid.OUT2",
+        now + ChronoDuration::seconds(1),
+    );
+    template["message"] = json!({"type": "template", "template": {"name": "payment_reminder", "language": {"code": "id"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "Siti Aminah"}, {"type": "text", "text": "05 Des 2026"}]}]}});
+    let mut refused = failed(
+        "job-late",
+        PHONE,
+        "window_closed",
+        now + ChronoDuration::seconds(2),
+    );
+    refused["message"] = json!({"type": "image", "image": {"link": "https://example.com/jadwal.png", "caption": "Jadwal manasik"}});
+    let bare = accepted(
+        "job-bare",
+        PHONE,
+        "wamid.OUT3",
+        now + ChronoDuration::seconds(3),
+    );
+    app.publish(routing::OUTBOUND_ACCEPTED, &text).await;
+    app.publish(routing::OUTBOUND_ACCEPTED, &template).await;
+    app.publish(routing::OUTBOUND_FAILED, &refused).await;
+    app.publish(routing::OUTBOUND_ACCEPTED, &bare).await;
+    app.wait_count("SELECT count(*)::bigint AS n FROM messages", 4)
+        .await;
+
+    let page: Value = app
+        .get(&format!("/v1/tenants/{TENANT}/jamaah/jm-o/messages"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown: Vec<(String, Option<String>)> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            (
+                m["type"].as_str().unwrap_or_default().to_owned(),
+                m["body"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("outbound".to_owned(), None),
+            ("image".to_owned(), Some("Jadwal manasik".to_owned())),
+            (
+                "template".to_owned(),
+                Some("[payment_reminder] Siti Aminah | 05 Des 2026".to_owned())
+            ),
+            (
+                "text".to_owned(),
+                Some("Wa'alaikumussalam, manasik hari Sabtu.".to_owned())
+            ),
+        ]
+    );
+    app.wait_count(
+        "SELECT count(*)::bigint AS n FROM messages WHERE position('manasik'::bytea in body_ciphertext) > 0 OR position('manasik'::bytea in raw_ciphertext) > 0",
+        0,
+    )
+    .await;
+}
