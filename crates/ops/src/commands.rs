@@ -201,10 +201,16 @@ pub async fn run(command: Command, urls: &Urls) -> anyhow::Result<()> {
         }
         Command::Queues => {
             let connection = wa_amqp::connect(&urls.amqp, "wactl").await?;
-            let channel = connection.create_channel().await?;
-            for queue in topology::topology().queues {
-                let depth = queue_depth(&channel, &queue.name).await?;
-                say(format!("{:<40} {:>8}", queue.name, depth))?;
+            let mut channel = connection.create_channel().await?;
+            for queue in dlq::known_queues() {
+                match queue_depth(&channel, &queue.name).await {
+                    Ok(depth) => say(format!("{:<44} {:>8}", queue.name, depth))?,
+                    Err(_) => {
+                        // A failed passive declare closes the channel; open a fresh one.
+                        say(format!("{:<44} {:>8}", queue.name, "missing"))?;
+                        channel = connection.create_channel().await?;
+                    }
+                }
             }
         }
         Command::Dlq(command) => run_dlq(command, urls).await?,

@@ -59,10 +59,25 @@ impl Filter {
     }
 }
 
-/// Every dead-letter queue of the topology.
-pub fn dead_letter_queues() -> Vec<String> {
+/// Every queue of the topology, including the sender's per-tenant dispatch queues of the tenants
+/// configured in the environment (`WHATSAPP_*`, `TENANTS_FILE`).
+pub fn known_queues() -> Vec<topology::QueueSpec> {
+    let tenants: Vec<String> = wa_service::tenants::TenantDirectory::from_env()
+        .map(|directory| directory.iter().map(|t| t.tenant_id.clone()).collect())
+        .unwrap_or_default();
+    let dispatch = tenants
+        .iter()
+        .flat_map(|tenant| topology::sender_dispatch_topology(tenant).queues);
     topology::topology()
         .queues
+        .into_iter()
+        .chain(dispatch)
+        .collect()
+}
+
+/// Every dead-letter queue of [`known_queues`].
+pub fn dead_letter_queues() -> Vec<String> {
+    known_queues()
         .into_iter()
         .filter(|q| q.role == QueueRole::DeadLetter)
         .map(|q| q.name)
