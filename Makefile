@@ -49,6 +49,7 @@ check-generated: services ## schema.rs and proto/ match their sources; deploy fi
 
 .PHONY: test
 test: services tools fmt lint check-generated ## Everything CI runs: fmt, clippy, generated-file checks, all tests
+	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 .PHONY: demo
