@@ -316,77 +316,78 @@ async fn terminate(child: &mut Child, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes and recreates a RabbitMQ vhost with guest permissions (management API, else rabbitmqctl).
-pub async fn recreate_vhost(vhost: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:15672/api/vhosts/{vhost}");
+/// Base URL of the local RabbitMQ management API.
+const MANAGEMENT_API: &str = "http://127.0.0.1:15672/api";
+
+/// Runs `rabbitmqctl -q <args>`, failing when it does.
+async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "rabbitmqctl {} failed", args.join(" "));
+    Ok(())
+}
+
+/// Deletes a vhost if it exists (management API, else rabbitmqctl); returns whether the API answered.
+async fn delete_vhost(http: &reqwest::Client, vhost: &str) -> bool {
     let deleted = http
-        .delete(&url)
+        .delete(format!("{MANAGEMENT_API}/vhosts/{vhost}"))
         .basic_auth("guest", Some("guest"))
         .send()
         .await;
-    if deleted.is_ok() {
-        let created = http
-            .put(&url)
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            created.status().is_success(),
-            "creating vhost {vhost}: {}",
-            created.status()
-        );
-        let permissions = http
-            .put(format!(
-                "http://127.0.0.1:15672/api/permissions/{vhost}/guest"
-            ))
-            .basic_auth("guest", Some("guest"))
-            .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            permissions.status().is_success(),
-            "setting permissions on {vhost}"
-        );
-        return Ok(());
+    if deleted.is_err() {
+        let _ = rabbitmqctl(&["delete_vhost", vhost]).await;
     }
-    let _ = Command::new("rabbitmqctl")
-        .args(["-q", "delete_vhost", vhost])
-        .status()
-        .await;
-    let status = Command::new("rabbitmqctl")
-        .args(["-q", "add_vhost", vhost])
-        .status()
-        .await?;
-    anyhow::ensure!(status.success(), "rabbitmqctl add_vhost {vhost} failed");
-    let status = Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "set_permissions",
-            "-p",
-            vhost,
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ])
-        .status()
+    deleted.is_ok()
+}
+
+/// Deletes and recreates a RabbitMQ vhost with guest permissions (management API, else rabbitmqctl).
+pub async fn recreate_vhost(vhost: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    if !delete_vhost(&http, vhost).await {
+        rabbitmqctl(&["add_vhost", vhost]).await?;
+        return rabbitmqctl(&["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]).await;
+    }
+    let created = http
+        .put(format!("{MANAGEMENT_API}/vhosts/{vhost}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
         .await?;
     anyhow::ensure!(
-        status.success(),
-        "rabbitmqctl set_permissions on {vhost} failed"
+        created.status().is_success(),
+        "creating vhost {vhost}: {}",
+        created.status()
+    );
+    let permissions = http
+        .put(format!("{MANAGEMENT_API}/permissions/{vhost}/guest"))
+        .basic_auth("guest", Some("guest"))
+        .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        permissions.status().is_success(),
+        "setting permissions on {vhost}"
     );
     Ok(())
 }
 
-/// Drops (with FORCE) and recreates the database of `database_url`.
-pub async fn recreate_database(database_url: &str) -> anyhow::Result<()> {
+/// Drops (with FORCE) the database of `database_url`; returns the maintenance connection and the
+/// quoted name so the caller can recreate it.
+async fn drop_database(database_url: &str) -> anyhow::Result<(wa_db::AsyncPgConnection, String)> {
     let name = wa_db::admin::database_name(database_url)?;
     let maintenance = wa_db::admin::with_database(database_url, "postgres")?;
     let mut conn = wa_db::AsyncPgConnection::establish(&maintenance).await?;
     let quoted = wa_db::admin::quote_identifier(&name);
     conn.batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
         .await?;
+    Ok((conn, quoted))
+}
+
+/// Drops (with FORCE) and recreates the database of `database_url`.
+pub async fn recreate_database(database_url: &str) -> anyhow::Result<()> {
+    let (mut conn, quoted) = drop_database(database_url).await?;
     conn.batch_execute(&format!("CREATE DATABASE {quoted}"))
         .await?;
     Ok(())
@@ -394,25 +395,7 @@ pub async fn recreate_database(database_url: &str) -> anyhow::Result<()> {
 
 /// Deletes a stack's vhost and database (tests clean up after themselves).
 pub async fn drop_isolation(vhost: &str, database_url: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let deleted = http
-        .delete(format!("http://127.0.0.1:15672/api/vhosts/{vhost}"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await;
-    if deleted.is_err() {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", vhost])
-            .status()
-            .await;
-    }
-    let name = wa_db::admin::database_name(database_url)?;
-    let maintenance = wa_db::admin::with_database(database_url, "postgres")?;
-    let mut conn = wa_db::AsyncPgConnection::establish(&maintenance).await?;
-    conn.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        wa_db::admin::quote_identifier(&name)
-    ))
-    .await?;
+    delete_vhost(&reqwest::Client::new(), vhost).await;
+    drop_database(database_url).await?;
     Ok(())
 }
