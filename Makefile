@@ -65,7 +65,7 @@ run: services ## Start everything (fake Graph API included) and leave it running
 .PHONY: bench
 bench: services ## Run the benchmarks and write bench-results/report.{md,json}
 	$(CARGO) build -q --release --workspace --bins
-	$(CARGO) run -q --release -p wa_demo --bin wa-bench
+	$(CARGO) run -q --release -p wa_bench --bin wa-bench
 
 .PHONY: clean
 clean: ## Remove build output and demo state
