@@ -40,6 +40,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, Consumer};
+use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -48,11 +49,12 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use wa_common::topology::{
     HEADER_ATTEMPT, HEADER_DEAD_LETTER_DETAIL, HEADER_DEAD_LETTER_REASON, HEADER_ORIGINAL_EXCHANGE,
-    HEADER_ORIGINAL_ROUTING_KEY, HEADER_TENANT_ID, exchange, retry_exchange_for,
+    HEADER_ORIGINAL_ROUTING_KEY, HEADER_TENANT_ID, exchange, retry_exchange_for, retry_tier_for,
 };
 
 use crate::error::{AmqpError, PublishError};
 use crate::publisher::{ConfirmChannel, DEFAULT_CONFIRM_TIMEOUT, await_confirm, publish_mandatory};
+use crate::queue_metrics::{self, HEADER_AVAILABLE_AT, Watch};
 use crate::trace_context::extract_context;
 
 /// Longest dead-letter detail kept in the header; headers must fit in one frame and people read them.
@@ -139,7 +141,10 @@ pub struct IncomingMessage {
     pub message_id: Option<String>,
     /// AMQP `correlation_id`.
     pub correlation_id: Option<String>,
-    /// Remote parent trace context from the `traceparent` header (empty when absent).
+    /// This delivery's trace context: the context of its `amqp.consume` span (whose parent is the
+    /// `traceparent` of the headers) when an OpenTelemetry layer is installed, else the remote
+    /// context from the headers (empty when absent). Parent handler spans on it and publish what
+    /// the message causes with it, so a trace shows every hop as a parent/child chain.
     pub trace_context: opentelemetry::Context,
     /// Position of this delivery in its consume loop (0, 1, 2, … without gaps, never reset while
     /// `run_consumer` runs). Handler tasks may start in any order; a handler that must keep
@@ -429,6 +434,7 @@ pub async fn run_consumer_with<H: Handler>(
     let mut backoff = resubscribe_backoff();
     let mut session_channel: Option<Channel> = None;
     let mut next_sequence: u64 = 0;
+    let watch = queue_metrics::watch(queue);
 
     let result = 'sessions: loop {
         if shutdown.is_cancelled() {
@@ -456,12 +462,16 @@ pub async fn run_consumer_with<H: Handler>(
         session_channel = Some(channel.clone());
         backoff = resubscribe_backoff();
         health.set(true);
+        watch.forget_started();
         tracing::info!(consumer_tag = %consumer_tag, prefetch = options.prefetch, "consuming");
 
         let end = loop {
             while let Some(joined) = tasks.try_join_next() {
                 log_task_end(joined);
             }
+            // Every handler slot busy: deliveries may be waiting in the prefetch buffer (for the
+            // oldest-message age).
+            let saturated = (permits.available_permits() == 0).then(|| watch.saturate());
             let permit = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break SessionEnd::Shutdown,
@@ -470,6 +480,7 @@ pub async fn run_consumer_with<H: Handler>(
                     Err(_closed) => break SessionEnd::Shutdown,
                 },
             };
+            drop(saturated);
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break SessionEnd::Shutdown,
@@ -494,6 +505,7 @@ pub async fn run_consumer_with<H: Handler>(
                         queue_name.clone(),
                         republish_channel,
                         options.confirm_timeout,
+                        watch.clone(),
                     );
                     tasks.spawn(async move {
                         job.await;
@@ -664,7 +676,9 @@ async fn process<H: Handler>(
     queue: Arc<str>,
     republish: Option<Channel>,
     confirm_timeout: Duration,
+    watch: Arc<Watch>,
 ) {
+    watch.started(queue_metrics::enqueued_at_ms(&delivery.properties));
     let mut message = IncomingMessage::from_delivery(&delivery, &queue);
     message.sequence = sequence;
     let span = tracing::info_span!(
@@ -680,6 +694,12 @@ async fn process<H: Handler>(
     );
     // Fails only when no OpenTelemetry layer is installed; the span then stays a plain log span.
     let _ = span.set_parent(message.trace_context.clone());
+    // From here on the delivery's context is its own span (set_parent must come first: reading
+    // the context starts the span).
+    let own = span.context();
+    if own.span().span_context().is_valid() {
+        message.trace_context = own;
+    }
     let settle_with = SettleContext {
         exchange: message.exchange.clone(),
         routing_key: message.routing_key.clone(),
@@ -689,7 +709,9 @@ async fn process<H: Handler>(
         confirm_timeout,
     };
 
-    let outcome = match AssertUnwindSafe(handler.handle(message))
+    // The handler's future is created inside the span, so `#[instrument]`ed handlers (whose span
+    // is made when the function is called) are children of it rather than roots of new traces.
+    let outcome = match AssertUnwindSafe(span.in_scope(|| handler.handle(message)))
         .catch_unwind()
         .instrument(span.clone())
         .await
@@ -728,7 +750,15 @@ async fn settle(delivery: &Delivery, outcome: Outcome, cx: &SettleContext) {
         Outcome::Retry { delay } => {
             let attempt = cx.attempt.saturating_add(1);
             let target = retry_exchange_for(ceil_secs(delay));
-            let headers = retry_headers(&original_headers, attempt, &cx.exchange, &cx.routing_key);
+            let mut headers =
+                retry_headers(&original_headers, attempt, &cx.exchange, &cx.routing_key);
+            // When the tier's TTL returns it to this queue: its enqueue time for the age metric.
+            let tier_ms =
+                i64::try_from(retry_tier_for(ceil_secs(delay)) * 1000).unwrap_or(i64::MAX);
+            headers.insert(
+                HEADER_AVAILABLE_AT.into(),
+                AMQPValue::LongLongInt(queue_metrics::now_ms().saturating_add(tier_ms)),
+            );
             match publish_copy(delivery, &target, headers, cx).await {
                 Ok(()) => {
                     tracing::info!(attempt, retry_exchange = %target, "scheduled a delayed retry");

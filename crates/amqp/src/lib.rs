@@ -5,6 +5,7 @@ pub mod consumer;
 pub mod error;
 pub mod management;
 pub mod publisher;
+pub mod queue_metrics;
 pub mod topology;
 pub mod trace_context;
 

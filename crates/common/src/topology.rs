@@ -189,14 +189,18 @@ pub fn retry_tier_name(delay_secs: u64) -> String {
     format!("retry.{delay_secs}s")
 }
 
-/// Exchange to publish a message to for a delayed retry of `delay_secs` (rounded to a tier).
-pub fn retry_exchange_for(delay_secs: u64) -> String {
-    let tier = RETRY_TIERS_SECS
+/// The retry tier a delay of `delay_secs` is rounded up to (the longest tier past the last one).
+pub fn retry_tier_for(delay_secs: u64) -> u64 {
+    RETRY_TIERS_SECS
         .iter()
         .copied()
         .find(|tier| *tier >= delay_secs)
-        .unwrap_or(RETRY_TIERS_SECS[RETRY_TIERS_SECS.len() - 1]);
-    format!("whatsapp.{}", retry_tier_name(tier))
+        .unwrap_or(RETRY_TIERS_SECS[RETRY_TIERS_SECS.len() - 1])
+}
+
+/// Exchange to publish a message to for a delayed retry of `delay_secs` (rounded to a tier).
+pub fn retry_exchange_for(delay_secs: u64) -> String {
+    format!("whatsapp.{}", retry_tier_name(retry_tier_for(delay_secs)))
 }
 
 /// The complete topology.

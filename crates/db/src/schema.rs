@@ -134,6 +134,7 @@ diesel::table! {
         sent_at -> Timestamptz,
         created_at -> Timestamptz,
         failure_reason -> Nullable<Text>,
+        trace_parent -> Nullable<Text>,
     }
 }
 

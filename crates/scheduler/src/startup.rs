@@ -147,6 +147,13 @@ impl App {
             shutdown.clone(),
         ));
         let http = tokio::spawn(health.run_until(shutdown.clone()));
+        let queue_metrics = wa_amqp::queue_metrics::spawn_sampler(
+            config.amqp_url.clone(),
+            format!("{SERVICE}.queue-metrics"),
+            wa_amqp::queue_metrics::with_dead_letter_queues([queue::SCHEDULER_EVENTS]),
+            wa_amqp::queue_metrics::DEFAULT_SAMPLE_INTERVAL,
+            shutdown.clone(),
+        );
         let syncer = config.sync_templates_on_start.then(|| {
             tokio::spawn(template_sync_loop(
                 scheduler.pool().clone(),
@@ -163,6 +170,7 @@ impl App {
         ticker.await.context("tick task")?;
         watcher.await.context("readiness task")?;
         http.await.context("health task")??;
+        queue_metrics.await.context("queue metrics task")?;
         if let Some(syncer) = syncer {
             syncer.await.context("template sync task")?;
         }

@@ -210,6 +210,20 @@ impl App {
                 Ok(())
             }
         });
+        let consumed_queues = shared_queues
+            .iter()
+            .map(|(name, ..)| (*name).to_owned())
+            .chain(deps.tenants.keys().flat_map(|tenant| {
+                ["interactive", "transactional", "bulk"]
+                    .map(|priority| sender_dispatch_queue(tenant, priority).name)
+            }));
+        let queue_metrics = wa_amqp::queue_metrics::spawn_sampler(
+            config.amqp_url.clone(),
+            "sender.queue-metrics".to_owned(),
+            wa_amqp::queue_metrics::with_dead_letter_queues(consumed_queues),
+            wa_amqp::queue_metrics::DEFAULT_SAMPLE_INTERVAL,
+            work.clone(),
+        );
         let health_token = shutdown.clone();
         let health_task = tokio::spawn(health.run_until(health_token));
 
@@ -234,6 +248,7 @@ impl App {
         deps.publisher.close().await;
         let _ = consume_conn.close(200, "shutdown".into()).await;
         shutdown.cancel();
+        let _ = queue_metrics.await;
         let _ = health_task.await;
         match failure {
             Some(error) => Err(error),

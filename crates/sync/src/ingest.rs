@@ -9,19 +9,29 @@
 //! batch transaction fails, every event is retried alone to isolate the poison one, which is
 //! dead-lettered (permanent database refusal) or retried (connection trouble); the rest are acked.
 //!
+//! Tracing: each outbox event is published inside the trace of the delivery that caused it (its
+//! consume span is the message's parent), and status events get a span link to the send of their
+//! message ([`crate::send_trace`]). Events the periodic relay publishes (after a failed publish or
+//! a crash) start a trace of their own.
+//!
 //! Shutdown: the batcher ends when the last handler (sender) is dropped, after answering every
 //! event it took; an event whose transaction did not commit is never acked.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::AsyncConnection;
+use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use wa_amqp::{Handler, IncomingMessage, Outcome, Publisher};
+use wa_common::topology::routing;
 use wa_db::PgPool;
+use wa_db::models::message_trace::SendTrace;
 use wa_service::tenants::TenantDirectory;
 
 use crate::config::BatchConfig;
@@ -29,7 +39,8 @@ use crate::crypto::Cipher;
 use crate::event::{SyncEvent, parse};
 use crate::media::MediaStore;
 use crate::outbox;
-use crate::store::{self, Effects, StatusItem, StoreError};
+use crate::send_trace;
+use crate::store::{self, Effects, PendingEvent, StatusItem, StoreError};
 
 /// Delay before a delivery whose transaction hit a transient database error comes back.
 const TRANSIENT_RETRY: Duration = Duration::from_secs(4);
@@ -56,6 +67,11 @@ struct Job {
     received: Instant,
     /// The delivery's span (its parent is the trace context from the AMQP headers).
     span: tracing::Span,
+    /// The delivery's trace context (see [`IncomingMessage::trace_context`]): what it causes is
+    /// published inside it.
+    trace: opentelemetry::Context,
+    /// For `outbound.accepted`: the `traceparent` of the sender's span, stored with the message.
+    send_trace: Option<String>,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -78,8 +94,28 @@ impl SyncHandler {
         (Self { tenants, jobs }, task)
     }
 
-    /// Parses and persists one delivery (the consume loop's entry point, also used directly by tests).
+    /// Parses and persists one delivery (also used directly by tests and benchmarks).
     pub async fn handle_message(&self, routing_key: &str, body: &[u8], attempt: u32) -> Outcome {
+        self.handle_traced(
+            routing_key,
+            body,
+            attempt,
+            opentelemetry::Context::new(),
+            None,
+        )
+        .await
+    }
+
+    /// [`Self::handle_message`] with the delivery's trace context and, for an `outbound.accepted`,
+    /// the `traceparent` of the send behind it.
+    async fn handle_traced(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        attempt: u32,
+        trace: opentelemetry::Context,
+        send_trace: Option<String>,
+    ) -> Outcome {
         let event = match parse(routing_key, body, &self.tenants) {
             Ok(event) => event,
             Err(rejection) => {
@@ -95,6 +131,8 @@ impl SyncHandler {
             attempt,
             received: Instant::now(),
             span: tracing::Span::current(),
+            trace,
+            send_trace,
             reply,
         };
         if self.jobs.send(job).await.is_err() {
@@ -107,8 +145,17 @@ impl SyncHandler {
 
 impl Handler for SyncHandler {
     async fn handle(&self, msg: IncomingMessage) -> Outcome {
-        self.handle_message(&msg.routing_key, &msg.body, msg.attempt)
-            .await
+        let send_trace = (msg.routing_key == routing::OUTBOUND_ACCEPTED)
+            .then(|| send_trace::traceparent_of(&msg.headers))
+            .flatten();
+        self.handle_traced(
+            &msg.routing_key,
+            &msg.body,
+            msg.attempt,
+            msg.trace_context.clone(),
+            send_trace,
+        )
+        .await
     }
 }
 
@@ -147,12 +194,32 @@ async fn run_batcher(mut rx: mpsc::Receiver<Job>, deps: IngestDeps, config: Batc
 /// A batch after its transaction(s): what to publish and what to answer.
 struct Committed {
     effects: Effects,
+    /// For each outbox event, the index in `jobs` of the event that caused it.
+    causes: Vec<Option<usize>>,
     jobs: Vec<(Job, Outcome)>,
 }
 
 async fn run_finisher(mut committed: mpsc::Receiver<Committed>, deps: IngestDeps) {
-    while let Some(Committed { effects, jobs }) = committed.recv().await {
-        after_commit(&deps, effects).await;
+    while let Some(Committed {
+        effects,
+        causes,
+        jobs,
+    }) = committed.recv().await
+    {
+        // Published inside the trace of the delivery that caused each event (a delivery without
+        // one leaves the choice to the publisher: the current span's).
+        let traces = causes
+            .iter()
+            .map(|cause| {
+                let (job, _) = jobs.get((*cause)?)?;
+                job.trace
+                    .span()
+                    .span_context()
+                    .is_valid()
+                    .then(|| job.trace.clone())
+            })
+            .collect();
+        after_commit(&deps, effects, traces).await;
         for (job, outcome) in jobs {
             finish(job, outcome);
         }
@@ -183,17 +250,26 @@ fn settle_failure(error: &StoreError, attempt: u32) -> Outcome {
     }
 }
 
-async fn write(deps: &IngestDeps, events: &[&SyncEvent]) -> Result<Effects, StoreError> {
+/// What one transaction wrote: its effects, and for each outbox event the index (in the events
+/// written) of the event that caused it.
+#[derive(Default)]
+struct Written {
+    effects: Effects,
+    causes: Vec<Option<usize>>,
+}
+
+async fn write(deps: &IngestDeps, events: &[&SyncEvent]) -> Result<Written, StoreError> {
     let mut conn = deps
         .pool
         .get()
         .await
         .map_err(|e| StoreError::Pool(e.to_string()))?;
     let cipher = deps.cipher.clone();
-    conn.transaction::<Effects, StoreError, _>(async |conn| {
-        let mut effects = Effects::default();
+    conn.transaction::<Written, StoreError, _>(async |conn| {
+        let mut written = Written::default();
         let mut run: Vec<StatusItem<'_>> = Vec::new();
-        for event in events {
+        let mut run_at: Vec<usize> = Vec::new();
+        for (at, event) in events.iter().enumerate() {
             if let SyncEvent::Status {
                 tenant,
                 status,
@@ -206,26 +282,64 @@ async fn write(deps: &IngestDeps, events: &[&SyncEvent]) -> Result<Effects, Stor
                     status: *status,
                     event,
                 });
+                run_at.push(at);
                 continue;
             }
             if !run.is_empty() {
-                store::apply_status_run(conn, &cipher, &run, &mut effects).await?;
+                store::apply_status_run(conn, &cipher, &run, &mut written.effects).await?;
+                attribute_status_steps(&mut written, &run, &run_at);
                 run.clear();
+                run_at.clear();
             }
-            store::apply(conn, &cipher, event, &mut effects).await?;
+            store::apply(conn, &cipher, event, &mut written.effects).await?;
+            let caused = written.effects.outbox.len() - written.causes.len();
+            written.causes.extend(std::iter::repeat_n(Some(at), caused));
         }
         if !run.is_empty() {
-            store::apply_status_run(conn, &cipher, &run, &mut effects).await?;
+            store::apply_status_run(conn, &cipher, &run, &mut written.effects).await?;
+            attribute_status_steps(&mut written, &run, &run_at);
         }
-        Ok(effects)
+        Ok(written)
     })
     .await
 }
 
-/// Deletes erased files, publishes the batch's outbox events (confirmed) from memory and
-/// deletes their rows. A failed publish leaves the rows for the periodic relay; the events'
-/// deliveries are still acked, because what they caused is committed.
-async fn after_commit(deps: &IngestDeps, effects: Effects) {
+/// Finds the status event behind each `outbound.status` step a status run just queued: the one
+/// with the step's tenant, wamid and status (a step skipped ahead still names its message).
+fn attribute_status_steps(written: &mut Written, run: &[StatusItem<'_>], run_at: &[usize]) {
+    #[derive(serde::Deserialize)]
+    struct StepKey<'a> {
+        tenant_id: &'a str,
+        wa_message_id: &'a str,
+        status: &'a str,
+    }
+    let new_steps = &written.effects.outbox[written.causes.len()..];
+    let causes: Vec<Option<usize>> = new_steps
+        .iter()
+        .map(|step: &PendingEvent| {
+            let key: StepKey<'_> = serde_json::from_slice(&step.body).ok()?;
+            let same_message = |item: &&StatusItem<'_>| {
+                item.tenant == key.tenant_id && item.event.wa_message_id == key.wa_message_id
+            };
+            let position = run
+                .iter()
+                .position(|item| same_message(&item) && item.status.as_str() == key.status)
+                .or_else(|| run.iter().rposition(|item| same_message(&item)))?;
+            run_at.get(position).copied()
+        })
+        .collect();
+    written.causes.extend(causes);
+}
+
+/// Deletes erased files, publishes the batch's outbox events (confirmed) from memory, each with
+/// the trace context of its cause, and deletes their rows. A failed publish leaves the rows for
+/// the periodic relay; the events' deliveries are still acked, because what they caused is
+/// committed.
+async fn after_commit(
+    deps: &IngestDeps,
+    effects: Effects,
+    traces: Vec<Option<opentelemetry::Context>>,
+) {
     for key in &effects.files_to_delete {
         if let Err(error) = deps.media_store.delete(key).await {
             metrics::counter!("wa_sync_media_delete_failures_total").increment(1);
@@ -235,7 +349,8 @@ async fn after_commit(deps: &IngestDeps, effects: Effects) {
     if effects.outbox.is_empty() {
         return;
     }
-    if let Err(error) = outbox::publish_pending(&deps.pool, &deps.publisher, effects.outbox).await {
+    let events = effects.outbox.into_iter().zip(traces).collect();
+    if let Err(error) = outbox::publish_pending(&deps.pool, &deps.publisher, events).await {
         tracing::warn!(error = %error, "publishing after the commit failed; the outbox relay retries");
     }
 }
@@ -250,15 +365,68 @@ async fn process_batch(deps: &IngestDeps, batch: Vec<Job>) -> Committed {
 }
 
 async fn process_batch_in_span(deps: &IngestDeps, batch: Vec<Job>) -> Committed {
+    let committed = write_batch(deps, batch).await;
+    link_statuses_to_sends(deps, &committed.jobs).await;
+    committed
+}
+
+/// After the commit: stores the send traces of the committed `outbound.accepted` events and links
+/// each committed status event's span to its message's send (best effort, see [`send_trace`]).
+async fn link_statuses_to_sends(deps: &IngestDeps, jobs: &[(Job, Outcome)]) {
+    let committed = jobs
+        .iter()
+        .filter(|(_, outcome)| *outcome == Outcome::Ack)
+        .map(|(job, _)| job);
+    let mut accepted = Vec::new();
+    let mut statuses = Vec::new();
+    for job in committed {
+        match &job.event {
+            SyncEvent::Accepted(event) => {
+                if let Some(trace_parent) = &job.send_trace {
+                    accepted.push(SendTrace {
+                        tenant_id: event.tenant_id.as_str().to_owned(),
+                        wa_message_id: event.wa_message_id.clone(),
+                        trace_parent: trace_parent.clone(),
+                    });
+                }
+            }
+            SyncEvent::Status { tenant, event, .. } => {
+                statuses.push((job, tenant.as_str(), event.wa_message_id.as_str()));
+            }
+            _ => {}
+        }
+    }
+    let keys: Vec<(&str, &str)> = statuses.iter().map(|(_, t, w)| (*t, *w)).collect();
+    let sends: HashMap<(String, String), _> = match send_trace::record_and_find(
+        &deps.pool, &accepted, &keys,
+    )
+    .await
+    {
+        Ok(sends) => sends,
+        Err(error) => {
+            metrics::counter!("wa_sync_trace_link_failures_total").increment(1);
+            tracing::warn!(error = %error, "could not store or read send traces; statuses stay unlinked");
+            return;
+        }
+    };
+    for (job, tenant, wamid) in statuses {
+        if let Some(send) = sends.get(&(tenant.to_owned(), wamid.to_owned())) {
+            job.span.add_link(send.clone());
+        }
+    }
+}
+
+async fn write_batch(deps: &IngestDeps, batch: Vec<Job>) -> Committed {
     let started = Instant::now();
     let size = batch.len();
     let events: Vec<&SyncEvent> = batch.iter().map(|j| &j.event).collect();
     match write(deps, &events).await {
-        Ok(effects) => {
+        Ok(Written { effects, causes }) => {
             metrics::histogram!("wa_sync_batch_size").record(size as f64);
             metrics::histogram!("wa_sync_batch_seconds").record(started.elapsed().as_secs_f64());
             Committed {
                 effects,
+                causes,
                 jobs: batch.into_iter().map(|job| (job, Outcome::Ack)).collect(),
             }
         }
@@ -266,11 +434,14 @@ async fn process_batch_in_span(deps: &IngestDeps, batch: Vec<Job>) -> Committed 
             tracing::warn!(error = %error, size, "batch transaction failed; retrying its events one by one");
             metrics::counter!("wa_sync_batch_failures_total").increment(1);
             let mut all = Effects::default();
+            let mut causes = Vec::new();
             let mut jobs = Vec::with_capacity(size);
             for job in batch {
                 let outcome = match write(deps, &[&job.event]).await {
-                    Ok(effects) => {
-                        all.extend(effects);
+                    Ok(written) => {
+                        // Alone in its transaction: everything it queued is its own.
+                        causes.extend(written.causes.iter().map(|_| Some(jobs.len())));
+                        all.extend(written.effects);
                         Outcome::Ack
                     }
                     Err(error) => {
@@ -280,7 +451,11 @@ async fn process_batch_in_span(deps: &IngestDeps, batch: Vec<Job>) -> Committed 
                 };
                 jobs.push((job, outcome));
             }
-            Committed { effects: all, jobs }
+            Committed {
+                effects: all,
+                causes,
+                jobs,
+            }
         }
     }
 }

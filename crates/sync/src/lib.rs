@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod media;
 pub mod outbox;
 pub mod retention;
+pub mod send_trace;
 pub mod startup;
 pub mod store;
 

@@ -22,7 +22,15 @@ use crate::store::PendingEvent;
 /// Rows published per transaction by the relay.
 const RELAY_BATCH: i64 = 500;
 
-fn outgoing(id: i64, tenant: &str, routing_key: &str, body: Vec<u8>) -> OutgoingMessage {
+/// The message of outbox row `id`; `trace` is the context of the delivery that caused it (the
+/// current one, i.e. the publishing span's, when `None`).
+fn outgoing(
+    id: i64,
+    tenant: &str,
+    routing_key: &str,
+    body: Vec<u8>,
+    trace: Option<opentelemetry::Context>,
+) -> OutgoingMessage {
     OutgoingMessage {
         exchange: exchange::WHATSAPP_EVENTS.to_owned(),
         routing_key: routing_key.to_owned(),
@@ -30,6 +38,7 @@ fn outgoing(id: i64, tenant: &str, routing_key: &str, body: Vec<u8>) -> Outgoing
         options: PublishOptions {
             message_id: Some(format!("sync-outbox-{id}")),
             tenant_id: Some(tenant.to_owned()),
+            trace_context: trace,
             ..PublishOptions::default()
         },
     }
@@ -40,21 +49,22 @@ fn count_published(routing_key: &str, tenant: &str) {
         .increment(1);
 }
 
-/// Publishes a committed batch's events (in order, confirmed), then deletes their outbox rows.
+/// Publishes a committed batch's events (in order, confirmed), each with the trace context of
+/// the delivery that caused it when known, then deletes their outbox rows.
 #[tracing::instrument(name = "sync.publish_pending", skip_all, fields(events = events.len()))]
 pub async fn publish_pending(
     pool: &PgPool,
     publisher: &Publisher,
-    events: Vec<PendingEvent>,
+    events: Vec<(PendingEvent, Option<opentelemetry::Context>)>,
 ) -> anyhow::Result<()> {
-    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let ids: Vec<i64> = events.iter().map(|(e, _)| e.id).collect();
     let labels: Vec<(&'static str, String)> = events
         .iter()
-        .map(|e| (e.routing_key, e.tenant.clone()))
+        .map(|(e, _)| (e.routing_key, e.tenant.clone()))
         .collect();
     let messages = events
         .into_iter()
-        .map(|e| outgoing(e.id, &e.tenant, e.routing_key, e.body))
+        .map(|(e, trace)| outgoing(e.id, &e.tenant, e.routing_key, e.body, trace))
         .collect();
     publisher
         .publish_all(messages)
@@ -96,7 +106,7 @@ pub async fn relay(
                 for row in &rows {
                     match cipher.open(&row.payload_ciphertext, &row.payload_nonce, &row.key_id) {
                         Ok(body) => {
-                            messages.push(outgoing(row.id, &row.tenant_id, &row.routing_key, body));
+                            messages.push(outgoing(row.id, &row.tenant_id, &row.routing_key, body, None));
                             ids.push(row.id);
                         }
                         Err(error) => {

@@ -174,6 +174,13 @@ impl App {
         ));
         let http = server.handle();
         let server_task = tokio::spawn(server);
+        let queue_metrics = wa_amqp::queue_metrics::spawn_sampler(
+            config.amqp_url.clone(),
+            "conversation-sync.queue-metrics".to_owned(),
+            wa_amqp::queue_metrics::with_dead_letter_queues([queue::SYNC_EVENTS]),
+            wa_amqp::queue_metrics::DEFAULT_SAMPLE_INTERVAL,
+            background.clone(),
+        );
 
         let deps = IngestDeps {
             pool: pool.clone(),
@@ -201,6 +208,7 @@ impl App {
         }
         background.cancel();
         while tasks.join_next().await.is_some() {}
+        let _ = queue_metrics.await;
         http.stop(true).await;
         let _ = server_task.await;
         publisher.close().await;
