@@ -62,6 +62,11 @@ run: services ## Start everything (fake Graph API included) and leave it running
 	$(CARGO) build -q --workspace --bins
 	$(CARGO) run -q -p wa_demo --bin wa-demo -- --keep-running
 
+.PHONY: chaos
+chaos: services ## Fault injection under load on a private broker and database (kills, restarts, Graph faults), then reconciliation
+	$(CARGO) build -q --workspace --bins
+	$(CARGO) run -q -p wa_demo --bin wa-chaos
+
 .PHONY: bench
 bench: services ## Run the benchmarks and write bench-results/report.{md,json}
 	$(CARGO) build -q --release --workspace --bins

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use wa_demo::scenario;
-use wa_demo::stack::{Program, Stack, StackConfig};
+use wa_demo::stack::{Endpoints, Program, Stack, StackConfig};
 
 /// A free block of five consecutive ports, so parallel runs do not collide.
 fn free_base_port() -> u16 {
@@ -36,6 +36,7 @@ fn isolated_config() -> StackConfig {
         database: format!("wa_e2e_{id}"),
         work_dir: std::env::temp_dir().join(format!("wa-e2e-{id}")),
         extra_env,
+        endpoints: Endpoints::default(),
     }
 }
 

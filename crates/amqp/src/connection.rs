@@ -1,55 +1,139 @@
-//! Opening a broker connection with lapin's automatic recovery switched on.
+//! Broker connections that re-establish themselves.
 //!
 //! Use **two connections per process**: one for publishing ([`crate::Publisher`]) and one for
 //! consuming ([`crate::run_consumer`]). RabbitMQ applies flow control per connection, so a publisher
 //! being throttled must not be able to stall the acks of a consumer (RabbitMQ docs: connections,
 //! production checklist). Channels are cheap; connections are not: never open one per message.
+//!
+//! lapin 4's own automatic recovery can stay in `Reconnecting` for good after a broker restart
+//! (amqp-rs/lapin#450; seen here with `rabbitmqctl stop_app`/`start_app`), so it is off. Instead
+//! every [`Connection`] has a small supervisor task that notices when the underlying lapin
+//! connection is closed or errored and opens a new one with backoff, for as long as the process
+//! runs. Channels and consumers of the old connection are gone: the publisher and the consume loop
+//! open new ones on the new connection; unacked deliveries of the old one are redelivered by the
+//! broker (handlers are idempotent).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::{AMQPScheme, AMQPUri};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, ConnectionProperties, ConnectionStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::AmqpError;
 
-/// Attempts of the initial connect for failures lapin does not already retry (handshake refused
-/// while the broker boots, for example). Bounded so a misconfigured service fails fast.
+/// Attempts of the initial connect for failures worth retrying (handshake refused while the broker
+/// boots, for example). Bounded so a misconfigured service fails fast.
 const INITIAL_CONNECT_ATTEMPTS: usize = 5;
 
-/// The backoff lapin uses to re-establish TCP after the connection drops (and for the first TCP
-/// connect). Roughly 2–3 minutes in total, enough for a broker restart or a rolling upgrade; after
-/// that lapin gives up, the consume loop returns [`AmqpError::ConnectionLost`] and the orchestrator
-/// restarts the process, which is the supervisor of last resort.
-fn recovery_backoff() -> ExponentialBuilder {
+/// How often the supervisor looks at the connection's state.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+
+/// Backoff between reconnect attempts after the connection dropped; never gives up (a broker
+/// outage of any length ends in a reconnect, not in a dead process).
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(10))
+        .with_max_delay(Duration::from_secs(5))
         .with_jitter()
-        .with_max_times(15)
+        .without_max_times()
+        .build()
 }
 
-/// Connects to `url` with automatic recovery, naming the connection `connection_name` in the
-/// management UI; retries the initial connect a bounded number of times and logs the broker version.
-///
-/// Lapin recovers the connection, its channels, consumers, QoS and confirm mode after a network
-/// error or broker restart; callers still see one error per in-flight operation and must call
-/// `channel.wait_for_recovery(err)` (the [`crate::Publisher`] and the consume loop do this).
+/// A broker connection that reconnects by itself (see the module docs). Clones share it.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    uri: AMQPUri,
+    redacted: String,
+    name: String,
+    current: RwLock<Arc<lapin::Connection>>,
+    /// Bumped on every reconnect.
+    generation: AtomicU64,
+    /// Set by [`Connection::close`]: no more reconnects.
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("url", &self.shared.redacted)
+            .field("name", &self.shared.name)
+            .field("connected", &self.is_connected())
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The lapin connection in use right now (replaced after a reconnect).
+    pub fn current(&self) -> Arc<lapin::Connection> {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// State of the current lapin connection.
+    pub fn status(&self) -> ConnectionStatus {
+        self.current().status().clone()
+    }
+
+    /// True while the current connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.current().status().connected()
+    }
+
+    /// How many times this connection was re-established.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Relaxed)
+    }
+
+    /// True once [`Connection::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    /// Opens a channel on the current connection (fails while it is down; try again later).
+    pub async fn create_channel(&self) -> Result<Channel, lapin::Error> {
+        self.current().create_channel().await
+    }
+
+    /// Closes the connection for good (graceful shutdown): the supervisor stops reconnecting.
+    pub async fn close(&self, reply_code: u16, reply_text: &str) -> Result<(), lapin::Error> {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        let current = self.current();
+        if current.status().connected() {
+            current.close(reply_code, reply_text.into()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn properties(&self) -> ConnectionProperties {
+        ConnectionProperties::default().with_connection_name(self.name.clone().into())
+    }
+}
+
+/// Connects to `url`, naming the connection `connection_name` in the management UI; retries the
+/// initial connect a bounded number of times, logs the broker version, and starts the supervisor
+/// that reconnects whenever the connection drops.
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, AmqpError> {
     let redacted = redact_url(url);
     let uri: AMQPUri = url.parse().map_err(|reason| AmqpError::InvalidUrl {
         url: redacted.clone(),
         reason,
     })?;
-    let properties = ConnectionProperties::default()
-        .with_connection_name(connection_name.into())
-        .with_backoff(recovery_backoff())
-        .enable_auto_recover();
-
-    let attempt = || Connection::connect_uri(uri.clone(), properties.clone());
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    let attempt = || lapin::Connection::connect_uri(uri.clone(), properties.clone());
     let connection = attempt
         .retry(
             ExponentialBuilder::default()
@@ -76,7 +160,68 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, Amq
         frame_max = connection.configuration().frame_max(),
         "connected to the broker"
     );
-    Ok(connection)
+    let shared = Arc::new(Shared {
+        uri,
+        redacted,
+        name: connection_name.to_owned(),
+        current: RwLock::new(Arc::new(connection)),
+        generation: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
+    });
+    tokio::spawn(supervise(Arc::downgrade(&shared)));
+    Ok(Connection { shared })
+}
+
+/// Replaces the lapin connection whenever it is closed or errored, until the last [`Connection`]
+/// clone is dropped or [`Connection::close`] is called.
+async fn supervise(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        if strong.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let current = strong
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let status = current.status();
+        if !(status.errored() || status.closed()) {
+            continue;
+        }
+        tracing::warn!(url = %strong.redacted, connection_name = %strong.name, "broker connection lost; reconnecting");
+        let (uri, properties) = (strong.uri.clone(), strong.properties());
+        drop(strong);
+        let mut backoff = reconnect_backoff();
+        let fresh = loop {
+            match lapin::Connection::connect_uri(uri.clone(), properties.clone()).await {
+                Ok(fresh) => break fresh,
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    match shared.upgrade() {
+                        Some(s) if !s.closed.load(Ordering::Relaxed) => {
+                            tracing::debug!(url = %s.redacted, error = %error, retry_in = ?delay, "reconnect failed");
+                        }
+                        _ => return,
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        let Some(strong) = shared.upgrade() else {
+            let _ = fresh.close(200, "shutdown".into()).await;
+            return;
+        };
+        *strong
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+        let generation = strong.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(url = %strong.redacted, connection_name = %strong.name, generation, "reconnected to the broker");
+    }
 }
 
 /// Authentication and protocol mismatches will not fix themselves; everything else might.

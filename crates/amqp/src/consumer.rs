@@ -15,11 +15,11 @@
 //! - If the retry or dead-letter copy cannot be confirmed, the original is nacked with requeue:
 //!   nothing is lost.
 //!
-//! Failure and shutdown: when the connection drops, lapin recovers it and its consumers; the loop
-//! waits for that, and re-creates channel and consumer (with backoff) if the consumer ends or its
-//! channel is closed. Deliveries from before a recovery cannot be acked any more; the broker
-//! redelivers them. When the connection is gone for good the loop returns
-//! [`AmqpError::ConnectionLost`] so the process can exit and be restarted. On shutdown it cancels
+//! Failure and shutdown: when the connection drops, its supervisor (see [`crate::connection`])
+//! opens a new one; the loop reports not-ready meanwhile and re-creates channel and consumer (with
+//! backoff, never giving up) once it can. Deliveries from before the drop cannot be acked any
+//! more; the broker redelivers them. Only a connection closed on purpose ends the loop with
+//! [`AmqpError::ConnectionLost`]. On shutdown it cancels
 //! the consumer, gives back prefetched deliveries not yet started, lets in-flight handlers finish
 //! and settle (bounded by [`ConsumerOptions::drain_timeout`]), then closes its channels; nothing
 //! unfinished is ever acked.
@@ -39,7 +39,7 @@ use lapin::options::{
     BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Consumer};
 use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -52,6 +52,7 @@ use wa_common::topology::{
     HEADER_ORIGINAL_ROUTING_KEY, HEADER_TENANT_ID, exchange, retry_exchange_for, retry_tier_for,
 };
 
+use crate::connection::Connection;
 use crate::error::{AmqpError, PublishError};
 use crate::publisher::{ConfirmChannel, DEFAULT_CONFIRM_TIMEOUT, await_confirm, publish_mandatory};
 use crate::queue_metrics::{self, HEADER_AVAILABLE_AT, Watch};
@@ -331,7 +332,7 @@ pub struct ConsumerHealth(Arc<HealthInner>);
 #[derive(Debug, Default)]
 struct HealthInner {
     consuming: AtomicBool,
-    connection: std::sync::Mutex<Option<lapin::ConnectionStatus>>,
+    connection: std::sync::Mutex<Option<Connection>>,
 }
 
 impl ConsumerHealth {
@@ -349,7 +350,7 @@ impl ConsumerHealth {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .as_ref()
-                .is_some_and(lapin::ConnectionStatus::connected)
+                .is_some_and(Connection::is_connected)
     }
 
     fn watch(&self, connection: &Connection) {
@@ -357,7 +358,7 @@ impl ConsumerHealth {
             .0
             .connection
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection.status().clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection.clone());
     }
 
     fn set(&self, ready: bool) {
@@ -573,14 +574,15 @@ enum SessionEnd {
 fn resubscribe_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
+        .with_max_delay(Duration::from_secs(5))
         .with_jitter()
         .without_max_times()
         .build()
 }
 
+/// Only an explicit close ends the loop: a dropped connection is re-established by its supervisor.
 fn connection_is_gone(conn: &Connection) -> bool {
-    conn.status().errored() || conn.status().closed()
+    conn.is_closed()
 }
 
 async fn open_session(

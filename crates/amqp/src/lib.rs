@@ -9,7 +9,7 @@ pub mod queue_metrics;
 pub mod topology;
 pub mod trace_context;
 
-pub use connection::{connect, redact_url};
+pub use connection::{Connection, connect, redact_url};
 pub use consumer::{
     ConsumerHealth, ConsumerOptions, Handler, IncomingMessage, Outcome, dead_letter_headers,
     retry_headers, run_consumer, run_consumer_with,

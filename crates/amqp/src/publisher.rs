@@ -11,12 +11,12 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use serde::Serialize;
 use tokio::time::Instant;
 use wa_common::topology::HEADER_TENANT_ID;
 
-use crate::connection::connect;
+use crate::connection::{Connection, connect};
 use crate::error::{AmqpError, PublishError};
 use crate::trace_context::{current_context, inject_context};
 
@@ -133,7 +133,7 @@ impl Publisher {
 
     /// True when the connection is up and the channel usable (or re-openable): what `/readyz` shows.
     pub fn is_ready(&self) -> bool {
-        self.inner.connection.status().connected()
+        self.inner.connection.is_connected()
             && self
                 .inner
                 .channel
@@ -225,9 +225,7 @@ impl Publisher {
     /// Closes the channel and the connection (graceful shutdown, after the last publish).
     pub async fn close(&self) {
         self.inner.channel.close().await;
-        if self.inner.connection.status().connected()
-            && let Err(err) = self.inner.connection.close(200, "shutdown".into()).await
-        {
+        if let Err(err) = self.inner.connection.close(200, "shutdown").await {
             tracing::debug!(error = %err, "closing the publish connection failed");
         }
     }

@@ -37,9 +37,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::Connection;
 use crate::management::queue_depth;
 
 /// Gauge: ready messages in `queue`.
@@ -287,12 +288,8 @@ impl Sampler {
             return Some(channel.clone());
         }
         self.channel = None;
-        // lapin recovers a dropped connection by itself; only one that failed for good is replaced.
-        let usable = self
-            .connection
-            .as_ref()
-            .is_some_and(|c| !(c.status().errored() || c.status().closed()));
-        if !usable {
+        // Connected once, the connection re-establishes itself after a drop (crate::connection).
+        if self.connection.is_none() {
             match crate::connect(&self.amqp_url, &self.connection_name).await {
                 Ok(connection) => self.connection = Some(connection),
                 Err(error) => {
@@ -316,8 +313,8 @@ impl Sampler {
     }
 
     async fn close(self) {
-        if let Some(connection) = self.connection.filter(|c| c.status().connected()) {
-            let _ = connection.close(200, "shutdown".into()).await;
+        if let Some(connection) = self.connection {
+            let _ = connection.close(200, "shutdown").await;
         }
     }
 }

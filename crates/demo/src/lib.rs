@@ -3,5 +3,6 @@
 //! ready, and stops them gracefully (SIGTERM). Used by `make demo`, `make run`, the end-to-end
 //! tests and the chaos test.
 
+pub mod chaos;
 pub mod scenario;
 pub mod stack;

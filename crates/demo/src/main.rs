@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use wa_demo::scenario;
-use wa_demo::stack::{Program, Stack, StackConfig};
+use wa_demo::stack::{Endpoints, Program, Stack, StackConfig};
 
 /// Command line of the demo.
 #[derive(Parser)]
@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         .to_owned(),
         work_dir: PathBuf::from(".demo"),
         extra_env,
+        endpoints: Endpoints::default(),
     };
     eprintln!("starting graph-mock and the four services (logs in .demo/*.log) ...");
     let stack = Stack::start(config, &Program::ALL).await?;

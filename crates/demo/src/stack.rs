@@ -66,6 +66,28 @@ impl Program {
     ];
 }
 
+/// Where the stack's broker and database listen (the machine's own by default; `wa-chaos` runs
+/// private ones it can restart without disturbing anything else).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// RabbitMQ AMQP port on 127.0.0.1.
+    pub amqp_port: u16,
+    /// PostgreSQL port on 127.0.0.1.
+    pub postgres_port: u16,
+    /// Base URL of the RabbitMQ management API (vhosts are created through it).
+    pub management_api: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            amqp_port: 5672,
+            postgres_port: 5432,
+            management_api: "http://127.0.0.1:15672/api".to_owned(),
+        }
+    }
+}
+
 /// Ports and isolation of one stack.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
@@ -79,6 +101,8 @@ pub struct StackConfig {
     pub work_dir: PathBuf,
     /// Extra environment for every program (overrides the defaults).
     pub extra_env: BTreeMap<String, String>,
+    /// Broker and database to use.
+    pub endpoints: Endpoints,
 }
 
 impl StackConfig {
@@ -94,12 +118,18 @@ impl StackConfig {
 
     /// AMQP URL of the stack's vhost.
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.vhost)
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/{}",
+            self.endpoints.amqp_port, self.vhost
+        )
     }
 
     /// Database URL of the stack's database.
     pub fn database_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.database)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{}",
+            self.endpoints.postgres_port, self.database
+        )
     }
 
     /// The environment of every program (each reads only the variables it needs).
@@ -194,7 +224,7 @@ impl Stack {
     /// Creates the vhost and database fresh, migrates, and starts `programs`, waiting for readiness.
     pub async fn start(config: StackConfig, programs: &[Program]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(config.work_dir.join("media"))?;
-        recreate_vhost(&config.vhost).await?;
+        recreate_vhost(&config.endpoints.management_api, &config.vhost).await?;
         recreate_database(&config.database_url()).await?;
         wa_db::migrate::run_migrations(&config.database_url())
             .await
@@ -276,6 +306,24 @@ impl Stack {
         }
     }
 
+    /// Whether `program` answers `/readyz` with 200 (`None`: no answer at all).
+    pub async fn is_ready(&self, program: Program) -> Option<bool> {
+        let url = format!("{}/readyz", self.config.url(program));
+        let response = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().is_success())
+    }
+
+    /// Process id of `program`, while it runs.
+    pub fn pid(&self, program: Program) -> Option<u32> {
+        self.children.get(&program).and_then(Child::id)
+    }
+
     /// Stops one program with SIGTERM (graceful) and waits for it to exit.
     pub async fn stop(&mut self, program: Program) -> anyhow::Result<()> {
         if let Some(mut child) = self.children.remove(&program) {
@@ -316,9 +364,6 @@ async fn terminate(child: &mut Child, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Base URL of the local RabbitMQ management API.
-const MANAGEMENT_API: &str = "http://127.0.0.1:15672/api";
-
 /// Runs `rabbitmqctl -q <args>`, failing when it does.
 async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new("rabbitmqctl")
@@ -331,9 +376,9 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Deletes a vhost if it exists (management API, else rabbitmqctl); returns whether the API answered.
-async fn delete_vhost(http: &reqwest::Client, vhost: &str) -> bool {
+async fn delete_vhost(http: &reqwest::Client, management_api: &str, vhost: &str) -> bool {
     let deleted = http
-        .delete(format!("{MANAGEMENT_API}/vhosts/{vhost}"))
+        .delete(format!("{management_api}/vhosts/{vhost}"))
         .basic_auth("guest", Some("guest"))
         .send()
         .await;
@@ -344,14 +389,14 @@ async fn delete_vhost(http: &reqwest::Client, vhost: &str) -> bool {
 }
 
 /// Deletes and recreates a RabbitMQ vhost with guest permissions (management API, else rabbitmqctl).
-pub async fn recreate_vhost(vhost: &str) -> anyhow::Result<()> {
+pub async fn recreate_vhost(management_api: &str, vhost: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    if !delete_vhost(&http, vhost).await {
+    if !delete_vhost(&http, management_api, vhost).await {
         rabbitmqctl(&["add_vhost", vhost]).await?;
         return rabbitmqctl(&["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]).await;
     }
     let created = http
-        .put(format!("{MANAGEMENT_API}/vhosts/{vhost}"))
+        .put(format!("{management_api}/vhosts/{vhost}"))
         .basic_auth("guest", Some("guest"))
         .send()
         .await?;
@@ -361,7 +406,7 @@ pub async fn recreate_vhost(vhost: &str) -> anyhow::Result<()> {
         created.status()
     );
     let permissions = http
-        .put(format!("{MANAGEMENT_API}/permissions/{vhost}/guest"))
+        .put(format!("{management_api}/permissions/{vhost}/guest"))
         .basic_auth("guest", Some("guest"))
         .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
         .send()
@@ -395,7 +440,12 @@ pub async fn recreate_database(database_url: &str) -> anyhow::Result<()> {
 
 /// Deletes a stack's vhost and database (tests clean up after themselves).
 pub async fn drop_isolation(vhost: &str, database_url: &str) -> anyhow::Result<()> {
-    delete_vhost(&reqwest::Client::new(), vhost).await;
+    delete_vhost(
+        &reqwest::Client::new(),
+        &Endpoints::default().management_api,
+        vhost,
+    )
+    .await;
     drop_database(database_url).await?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
-use wa_amqp::lapin::Connection;
+use wa_amqp::Connection;
 use wa_amqp::{ConsumerHealth, ConsumerOptions, Publisher, declare_topology, run_consumer_with};
 use wa_common::topology::{queue, topology};
 use wa_db::PgPool;

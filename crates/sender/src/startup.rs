@@ -26,7 +26,7 @@ use crate::limiter::RateLimiter;
 pub struct App {
     config: Config,
     deps: Arc<Deps>,
-    consume_conn: Arc<lapin::Connection>,
+    consume_conn: Arc<wa_amqp::Connection>,
     health: HealthServer,
     readiness: Readiness,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
@@ -263,7 +263,7 @@ impl App {
 async fn supervise_tenant(
     deps: Arc<Deps>,
     ctx: Arc<TenantCtx>,
-    conn: Arc<lapin::Connection>,
+    conn: Arc<wa_amqp::Connection>,
     prefetch: u16,
     concurrency: usize,
     shutdown: CancellationToken,
@@ -365,7 +365,7 @@ async fn supervise_tenant(
 
 async fn watch_readiness(
     deps: Arc<Deps>,
-    conn: Arc<lapin::Connection>,
+    conn: Arc<wa_amqp::Connection>,
     consumers: Vec<ConsumerHealth>,
     (amqp, consuming, database): (Arc<AtomicBool>, Arc<AtomicBool>, Arc<AtomicBool>),
     shutdown: CancellationToken,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
-use wa_amqp::lapin::Connection;
+use wa_amqp::Connection;
 use wa_amqp::{ConsumerOptions, Publisher, declare_topology, run_consumer_with};
 use wa_common::topology::{queue, topology};
 use wa_db::PgPool;

@@ -11,9 +11,10 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use lapin::Channel;
 use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use wa_amqp::Connection;
 
 /// Broker used when `TEST_AMQP_URL` is not set (the local broker with the default user).
 pub const DEFAULT_TEST_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672";
@@ -111,7 +112,7 @@ impl TestBroker {
         })
     }
 
-    /// A new connection to this vhost (automatic recovery on), named `name` in the management UI.
+    /// A new connection to this vhost (reconnects by itself), named `name` in the management UI.
     pub async fn connect(&self, name: &str) -> anyhow::Result<Connection> {
         wa_amqp::connect(&self.amqp_url, name)
             .await

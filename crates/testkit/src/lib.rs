@@ -2,4 +2,5 @@
 
 pub mod broker;
 pub mod db;
+pub mod private;
 pub mod proxy;

@@ -22,7 +22,7 @@ struct Setup {
     _broker: TestBroker,
     target: Target,
     publisher: Publisher,
-    consume: Arc<lapin::Connection>,
+    consume: Arc<wa_amqp::Connection>,
 }
 
 async fn setup() -> anyhow::Result<Setup> {

@@ -5,11 +5,11 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use lapin::Connection;
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use wa_amqp::Connection;
 use wa_amqp::{AmqpError, ConsumerOptions, Handler, IncomingMessage, Outcome};
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {

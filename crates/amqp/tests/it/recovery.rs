@@ -1,31 +1,29 @@
-//! Broker restart: run by hand (`cargo test -p wa_amqp --test it -- --ignored`), never in CI,
-//! because it restarts the machine's RabbitMQ under every other test.
+//! Broker restart on a private RabbitMQ node (`wa_testkit::private`), so the machine's shared
+//! broker and every other test keep running: `rabbitmqctl stop_app`, then `start_app`, and the
+//! publisher and a consumer must work again by themselves, unready while the broker is down.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wa_amqp::{ConsumerOptions, Outcome, PublishOptions, Publisher};
 use wa_common::topology::{exchange, queue, routing};
-use wa_testkit::broker::TestBroker;
+use wa_testkit::private::PrivateBroker;
 
 use crate::helpers::{init_tracing, next_seen, recording, spawn_consumer};
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restarts the local broker; run by hand"]
 async fn publisher_and_consumer_work_again_after_the_broker_restarts() -> anyhow::Result<()> {
     init_tracing();
     // Arrange
-    let broker = TestBroker::new().await?;
-    let publisher = Publisher::new(broker.declared().await?).await?;
-    let consume = Arc::new(broker.connect("consume").await?);
+    let dir = std::env::temp_dir().join(format!("wa-amqp-recovery-{}", std::process::id()));
+    let broker = PrivateBroker::start("wa-amqp-recovery", 5681, &dir).await?;
+    let url = broker.amqp_url();
+    let declare = wa_amqp::connect(&url, "declare").await?;
+    let channel = declare.create_channel().await?;
+    wa_amqp::declare_topology(&channel, &wa_common::topology::topology()).await?;
+    declare.close(200, "declared").await?;
+    let publisher = Publisher::new(wa_amqp::connect(&url, "publish").await?).await?;
+    let consume = Arc::new(wa_amqp::connect(&url, "consume").await?);
     let (handler, mut seen) = recording(|_| async { Outcome::Ack });
     let options = ConsumerOptions::new(10, 4);
     let health = options.health.clone();
@@ -41,11 +39,17 @@ async fn publisher_and_consumer_work_again_after_the_broker_restarts() -> anyhow
     next_seen(&mut seen, Duration::from_secs(5)).await;
 
     // Act
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"])).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let ready_during_outage = (health.is_ready(), publisher.is_ready());
+    broker.stop_app().await?;
+    let mut ready_during_outage = (true, true);
+    for _ in 0..25 {
+        ready_during_outage = (health.is_ready(), publisher.is_ready());
+        if ready_during_outage == (false, false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"])).await?;
+    broker.start_app().await?;
     let restarted = Instant::now();
     let mut failures = 0;
     loop {

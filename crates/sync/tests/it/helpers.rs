@@ -45,7 +45,7 @@ pub struct TestApp {
     pub mock: RunningMock,
     pub publisher: Publisher,
     pub channel: Channel,
-    _conn: lapin::Connection,
+    _conn: wa_amqp::Connection,
     pub base_url: String,
     pub http: reqwest::Client,
     pub cipher: Cipher,
