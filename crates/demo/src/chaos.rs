@@ -661,6 +661,8 @@ struct JobRow {
     attempts: i32,
     #[diesel(sql_type = Nullable<Text>)]
     failure_reason: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    failure_detail: Option<String>,
 }
 
 #[derive(QueryableByName)]
@@ -697,7 +699,7 @@ struct Snapshot {
 async fn snapshot(stack: &Stack) -> anyhow::Result<Snapshot> {
     let mut conn = wa_db::AsyncPgConnection::establish(&stack.config.database_url()).await?;
     let jobs: Vec<JobRow> = diesel::sql_query(
-        "SELECT job_id, state, wa_message_id, attempts, failure_reason FROM send_jobs \
+        "SELECT job_id, state, wa_message_id, attempts, failure_reason, failure_detail FROM send_jobs \
          WHERE job_id LIKE 'chaos-job-%'",
     )
     .load(&mut conn)
@@ -1056,6 +1058,26 @@ async fn reconcile(
     lines.push(format!("final outcomes: {by_outcome:?}"));
     lines.push(format!(
         "outcome events delivered more than once (at-least-once, same outcome): {repeated_outcome_events}"
+    ));
+    let unknown_failed = snap
+        .jobs
+        .values()
+        .filter(|row| {
+            row.failure_detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("outcome unknown"))
+        })
+        .count();
+    let slow_accepted = ledger
+        .jobs
+        .iter()
+        .filter(|(job, to)| *to == SLOW_RECIPIENT && ledger.accepted_wamid.contains_key(*job))
+        .count();
+    lines.push(format!(
+        "Graph answer lost (timeout) but accepted, settled from the status webhooks without resending: {slow_accepted}"
+    ));
+    lines.push(format!(
+        "outcome unknown (sender killed mid-send, no status ever came), failed after the timeout, not resent: {unknown_failed}"
     ));
     lines.push(format!(
         "Graph calls answered with an error (retried or failed): {}",
