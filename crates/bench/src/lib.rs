@@ -2,6 +2,7 @@
 //! machines are noisy, so only ratios travel between machines), and the report writer.
 
 pub mod ingress;
+pub mod memory;
 pub mod report;
 pub mod scheduler;
 pub mod sender;

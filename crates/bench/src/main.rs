@@ -10,7 +10,7 @@ use wa_bench::report;
 #[command(about = "Run the benchmarks and write the report")]
 struct Args {
     /// Only run these groups (comma-separated); all by default.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = ["ingress", "sender", "sync", "scheduler", "memory"])]
     only: Vec<String>,
     /// Where to write report.md and report.json.
     #[arg(long, default_value = "bench-results")]
@@ -33,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if selected("scheduler") {
         figures.extend(wa_bench::scheduler::run().await?);
+    }
+    if selected("memory") {
+        figures.extend(wa_bench::memory::run().await?);
     }
     report::write(&args.out, &figures)?;
     eprintln!("{}", report::markdown(&figures));

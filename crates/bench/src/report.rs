@@ -20,7 +20,7 @@ pub struct Figure {
     pub baseline_name: Option<String>,
     /// The baseline measured in the same run.
     pub baseline_value: Option<f64>,
-    /// The target as text, e.g. `>= 60 % of baseline`.
+    /// The target as text, e.g. `>= 60 % of baseline`; `-` for a figure shown for reference only.
     pub target: String,
     /// Whether the target was met.
     pub met: bool,
@@ -59,7 +59,11 @@ pub fn markdown(figures: &[Figure]) -> String {
             baseline,
             ratio,
             f.target,
-            if f.met { "yes" } else { "NO" }
+            match (f.target.as_str(), f.met) {
+                ("-", _) => "-",
+                (_, true) => "yes",
+                (_, false) => "NO",
+            }
         );
     }
     out
@@ -95,5 +99,21 @@ mod tests {
         let table = markdown(&figures);
         assert!(table.contains("| ingress | webhook requests/s | 1500.0 req/s |"));
         assert!(table.contains("| 0.75 |"));
+        assert!(table.contains("| >= 0.60 | yes |"));
+    }
+
+    #[test]
+    fn reference_figures_have_no_verdict() {
+        let figures = vec![Figure {
+            group: "memory".into(),
+            name: "graph-mock: peak RSS under load".into(),
+            value: 30.0,
+            unit: "MiB".into(),
+            baseline_name: Some("idle RSS".into()),
+            baseline_value: Some(20.0),
+            target: "-".into(),
+            met: true,
+        }];
+        assert!(markdown(&figures).ends_with("| 1.50 | - | - |\n"));
     }
 }

@@ -396,7 +396,9 @@ fn take_reply_candidate(ledger: &SharedLedger) -> Option<String> {
     Some(format!("+{}", ledger.reply_candidates.remove(ready).0))
 }
 
-fn template_job(job_id: &str, to: &str, priority: &str) -> Value {
+/// A valid send-job for the `payment_reminder` template (the demo tenant's, approved in graph-mock),
+/// as the platform publishes it to `whatsapp.commands`/`send`.
+pub fn template_job(job_id: &str, to: &str, priority: &str) -> Value {
     json!({
         "job_id": job_id,
         "tenant_id": demo_tenant::TENANT_ID,
@@ -429,6 +431,27 @@ fn text_job(job_id: &str, to: &str) -> Value {
     })
 }
 
+/// Meta's webhook for one inbound text message from `wa_id` to the demo tenant's number: the raw
+/// body (escaped as Meta escapes it) and its `X-Hub-Signature-256` value.
+pub fn signed_inbound_text(wa_id: &str, wamid: &str, name: &str, text: &str) -> (Vec<u8>, String) {
+    let value = json!({
+        "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+        "messages": [{
+            "from": wa_id, "id": wamid, "timestamp": Utc::now().timestamp().to_string(),
+            "type": "text", "text": {"body": text}
+        }]
+    });
+    let envelope = wa_graph_mock::webhook::messages_envelope(
+        demo_tenant::WABA_ID,
+        demo_tenant::PHONE_NUMBER_ID,
+        "15550001234",
+        value,
+    );
+    let body = wa_graph_mock::webhook::to_meta_json(&envelope);
+    let signature = wa_graph_mock::webhook::sign(demo_tenant::APP_SECRET, &body);
+    (body, signature)
+}
+
 /// Meta: posts signed inbound-message webhooks at a steady rate, each retried until answered 200
 /// (Meta retries for days); every fifth is delivered a second time after its 200.
 async fn post_inbound(
@@ -452,22 +475,15 @@ async fn post_inbound(
         let wa_id = format!("62813{:08}", 10_000_000 + index);
         let wamid = format!("wamid.CHAOS-IN-{index:06}");
         let marker = format!("{INBOUND_MARKER}{index:06}");
-        let value = json!({
-            "contacts": [{"profile": {"name": format!("Jamaah {index}")}, "wa_id": wa_id}],
-            "messages": [{
-                "from": wa_id, "id": wamid, "timestamp": Utc::now().timestamp().to_string(),
-                "type": "text",
-                "text": {"body": format!("[{marker}] Assalamualaikum, cicilan ke-{} sudah saya transfer 🙏", index % 12 + 1)}
-            }]
-        });
-        let envelope = wa_graph_mock::webhook::messages_envelope(
-            demo_tenant::WABA_ID,
-            demo_tenant::PHONE_NUMBER_ID,
-            "15550001234",
-            value,
+        let (body, signature) = signed_inbound_text(
+            &wa_id,
+            &wamid,
+            &format!("Jamaah {index}"),
+            &format!(
+                "[{marker}] Assalamualaikum, cicilan ke-{} sudah saya transfer 🙏",
+                index % 12 + 1
+            ),
         );
-        let body = wa_graph_mock::webhook::to_meta_json(&envelope);
-        let signature = wa_graph_mock::webhook::sign(demo_tenant::APP_SECRET, &body);
         let (http, url, ledger, give_up) =
             (http.clone(), url.clone(), ledger.clone(), give_up.clone());
         let duplicate = index.is_multiple_of(5);
