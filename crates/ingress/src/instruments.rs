@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::webhook::Event;
+use crate::webhook::{Event, EventKind};
 
 /// Requests by `outcome` (`accepted`, `quarantined`, `signature_mismatch`, `broker_unavailable`, …).
 pub const REQUESTS: &str = "wa_ingress_requests_total";
@@ -56,17 +56,30 @@ pub fn record_confirm(elapsed: Duration, ok: bool) {
     metrics::histogram!(PUBLISH_CONFIRM, "result" => result).record(elapsed.as_secs_f64());
 }
 
-/// Counts confirmed events.
-pub fn record_events(events: &[Event]) {
+/// Counts confirmed events. Consecutive events of one change share their labels, so each run of
+/// them is one counter update (a status batch of 3 is one registry look-up, not three).
+pub fn record_events(events: &[Event<'_>]) {
+    let mut run: Option<(EventKind, Option<&str>, u64)> = None;
     for event in events {
-        let phone_number_id = event
-            .body
-            .source()
-            .phone_number_id
-            .clone()
-            .unwrap_or_else(|| "none".to_owned());
-        metrics::counter!(EVENTS, "kind" => event.body.kind().as_str(), "phone_number_id" => phone_number_id)
-            .increment(1);
+        let labels = (event.body.kind(), event.body.phone_number_id());
+        match &mut run {
+            Some((kind, phone_number_id, count)) if (*kind, *phone_number_id) == labels => {
+                *count += 1;
+            }
+            _ => {
+                count_events(run.take());
+                run = Some((labels.0, labels.1, 1));
+            }
+        }
+    }
+    count_events(run);
+}
+
+fn count_events(run: Option<(EventKind, Option<&str>, u64)>) {
+    if let Some((kind, phone_number_id, count)) = run {
+        let phone_number_id = phone_number_id.unwrap_or("none").to_owned();
+        metrics::counter!(EVENTS, "kind" => kind.as_str(), "phone_number_id" => phone_number_id)
+            .increment(count);
     }
 }
 

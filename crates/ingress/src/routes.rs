@@ -12,7 +12,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 use wa_amqp::Publisher;
 use wa_service::health::Readiness;
@@ -123,10 +123,10 @@ async fn receive_webhook(
         Ok(ingested) => {
             span.record("events", ingested.events);
             tracing::debug!(events = ingested.events, "webhook stored");
-            Ok(HttpResponse::Ok().json(serde_json::json!({
-                "status": outcome,
-                "events": ingested.events,
-            })))
+            Ok(HttpResponse::Ok().json(Stored {
+                status: outcome,
+                events: ingested.events,
+            }))
         }
         Err(error) => {
             match &error {
@@ -139,6 +139,13 @@ async fn receive_webhook(
             Err(error)
         }
     }
+}
+
+/// The 200 answer's body: `{"status": "accepted"|"quarantined", "events": N}`.
+#[derive(Serialize)]
+struct Stored {
+    status: &'static str,
+    events: usize,
 }
 
 async fn handle_webhook(
