@@ -20,10 +20,22 @@ pub const DEFAULT_PRICING_RATES_USD: &str =
 /// How events are written to PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
-    /// Most events per transaction (`SYNC_BATCH_SIZE`, 500).
+    /// Most events per transaction (`SYNC_BATCH_SIZE`, 1000).
     pub max_events: usize,
     /// Longest wait for a batch to fill (`SYNC_BATCH_WAIT_MS`, 10).
     pub max_wait: Duration,
+}
+
+/// Deliveries one consumer may hold (RabbitMQ caps a quorum queue's prefetch at 2,000).
+const MAX_IN_FLIGHT: usize = 2000;
+
+impl BatchConfig {
+    /// Deliveries handled at once, and the prefetch: three batches (at most 2,000), so that while
+    /// one batch is in its transaction the one before can be published and acked and the next
+    /// one fills, instead of the database waiting for the broker's confirms.
+    pub fn in_flight(&self) -> usize {
+        self.max_events.max(1).saturating_mul(3).min(MAX_IN_FLIGHT)
+    }
 }
 
 /// Inbound media downloads.
@@ -93,7 +105,7 @@ impl Config {
         if retention_days == 0 {
             return Err(env::invalid("RETENTION_DAYS", "must be at least 1"));
         }
-        let max_events: usize = env::var_parsed("SYNC_BATCH_SIZE", 500)?;
+        let max_events: usize = env::var_parsed("SYNC_BATCH_SIZE", 1000)?;
         if max_events == 0 {
             return Err(env::invalid("SYNC_BATCH_SIZE", "must be at least 1"));
         }

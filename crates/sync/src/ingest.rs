@@ -6,8 +6,9 @@
 //! for its outcome. The batcher writes up to `max_events` events (or what arrived within
 //! `max_wait`) in ONE transaction, commits, publishes the outbox (confirmed) and only then
 //! answers every waiting handler with `Ack`, so each delivery is acked after its commit. If the
-//! batch transaction fails, every event is retried alone to isolate the poison one, which is
-//! dead-lettered (permanent database refusal) or retried (connection trouble); the rest are acked.
+//! batch transaction fails, it is written again in halves (each failing half halved again) down
+//! to the poison event alone, which is dead-lettered (permanent database refusal) or retried
+//! (connection trouble); the rest are acked.
 //!
 //! Tracing: each outbox event is published inside the trace of the delivery that caused it (its
 //! consume span is the message's parent), and status events get a span link to the send of their
@@ -17,7 +18,7 @@
 //! Shutdown: the batcher ends when the last handler (sender) is dropped, after answering every
 //! event it took; an event whose transaction did not commit is never acked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ use crate::event::{SyncEvent, parse};
 use crate::media::MediaStore;
 use crate::outbox;
 use crate::send_trace;
-use crate::store::{self, Effects, PendingEvent, StatusItem, StoreError};
+use crate::store::{self, Effects, StoreError};
 
 /// Delay before a delivery whose transaction hit a transient database error comes back.
 const TRANSIENT_RETRY: Duration = Duration::from_secs(4);
@@ -266,69 +267,12 @@ async fn write(deps: &IngestDeps, events: &[&SyncEvent]) -> Result<Written, Stor
         .map_err(|e| StoreError::Pool(e.to_string()))?;
     let cipher = deps.cipher.clone();
     conn.transaction::<Written, StoreError, _>(async |conn| {
-        let mut written = Written::default();
-        let mut run: Vec<StatusItem<'_>> = Vec::new();
-        let mut run_at: Vec<usize> = Vec::new();
-        for (at, event) in events.iter().enumerate() {
-            if let SyncEvent::Status {
-                tenant,
-                status,
-                event,
-            } = event
-            {
-                // Consecutive statuses are written together (same result as one by one).
-                run.push(StatusItem {
-                    tenant,
-                    status: *status,
-                    event,
-                });
-                run_at.push(at);
-                continue;
-            }
-            if !run.is_empty() {
-                store::apply_status_run(conn, &cipher, &run, &mut written.effects).await?;
-                attribute_status_steps(&mut written, &run, &run_at);
-                run.clear();
-                run_at.clear();
-            }
-            store::apply(conn, &cipher, event, &mut written.effects).await?;
-            let caused = written.effects.outbox.len() - written.causes.len();
-            written.causes.extend(std::iter::repeat_n(Some(at), caused));
-        }
-        if !run.is_empty() {
-            store::apply_status_run(conn, &cipher, &run, &mut written.effects).await?;
-            attribute_status_steps(&mut written, &run, &run_at);
-        }
-        Ok(written)
+        let mut effects = Effects::default();
+        store::apply_batch(conn, &cipher, events, &mut effects).await?;
+        let causes = effects.outbox.iter().map(|e| Some(e.cause)).collect();
+        Ok(Written { effects, causes })
     })
     .await
-}
-
-/// Finds the status event behind each `outbound.status` step a status run just queued: the one
-/// with the step's tenant, wamid and status (a step skipped ahead still names its message).
-fn attribute_status_steps(written: &mut Written, run: &[StatusItem<'_>], run_at: &[usize]) {
-    #[derive(serde::Deserialize)]
-    struct StepKey<'a> {
-        tenant_id: &'a str,
-        wa_message_id: &'a str,
-        status: &'a str,
-    }
-    let new_steps = &written.effects.outbox[written.causes.len()..];
-    let causes: Vec<Option<usize>> = new_steps
-        .iter()
-        .map(|step: &PendingEvent| {
-            let key: StepKey<'_> = serde_json::from_slice(&step.body).ok()?;
-            let same_message = |item: &&StatusItem<'_>| {
-                item.tenant == key.tenant_id && item.event.wa_message_id == key.wa_message_id
-            };
-            let position = run
-                .iter()
-                .position(|item| same_message(&item) && item.status.as_str() == key.status)
-                .or_else(|| run.iter().rposition(|item| same_message(&item)))?;
-            run_at.get(position).copied()
-        })
-        .collect();
-    written.causes.extend(causes);
 }
 
 /// Deletes erased files, publishes the batch's outbox events (confirmed) from memory, each with
@@ -431,31 +375,51 @@ async fn write_batch(deps: &IngestDeps, batch: Vec<Job>) -> Committed {
             }
         }
         Err(error) => {
-            tracing::warn!(error = %error, size, "batch transaction failed; retrying its events one by one");
+            tracing::warn!(error = %error, size, "batch transaction failed; writing it again in halves");
             metrics::counter!("wa_sync_batch_failures_total").increment(1);
-            let mut all = Effects::default();
-            let mut causes = Vec::new();
-            let mut jobs = Vec::with_capacity(size);
-            for job in batch {
-                let outcome = match write(deps, &[&job.event]).await {
-                    Ok(written) => {
-                        // Alone in its transaction: everything it queued is its own.
-                        causes.extend(written.causes.iter().map(|_| Some(jobs.len())));
-                        all.extend(written.effects);
-                        Outcome::Ack
+            let mut written = Committed {
+                effects: Effects::default(),
+                causes: Vec::new(),
+                jobs: Vec::with_capacity(size),
+            };
+            // Halves, in order, each halved again when it fails, down to single events settled by
+            // their own error: one poison event costs about 2·log2(size) transactions, not size,
+            // and every other event commits (in its original order).
+            let mut halves = VecDeque::new();
+            let mut first = batch;
+            halves.push_back(first.split_off(first.len() / 2));
+            halves.push_front(first);
+            while let Some(mut part) = halves.pop_front() {
+                if part.is_empty() {
+                    continue;
+                }
+                let events: Vec<&SyncEvent> = part.iter().map(|j| &j.event).collect();
+                match write(deps, &events).await {
+                    Ok(Written { effects, causes }) => {
+                        let base = written.jobs.len();
+                        written
+                            .causes
+                            .extend(causes.into_iter().map(|c| c.map(|i| base + i)));
+                        written.effects.extend(effects);
+                        written
+                            .jobs
+                            .extend(part.into_iter().map(|job| (job, Outcome::Ack)));
                     }
-                    Err(error) => {
-                        tracing::warn!(error = %error, kind = job.event.kind(), tenant = job.event.tenant(), "event failed alone");
-                        settle_failure(&error, job.attempt)
+                    Err(error) if part.len() == 1 => {
+                        for job in part {
+                            tracing::warn!(error = %error, kind = job.event.kind(), tenant = job.event.tenant(), "event failed alone");
+                            let outcome = settle_failure(&error, job.attempt);
+                            written.jobs.push((job, outcome));
+                        }
                     }
-                };
-                jobs.push((job, outcome));
+                    Err(_) => {
+                        let second = part.split_off(part.len() / 2);
+                        halves.push_front(second);
+                        halves.push_front(part);
+                    }
+                }
             }
-            Committed {
-                effects: all,
-                causes,
-                jobs,
-            }
+            written
         }
     }
 }

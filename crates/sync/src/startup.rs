@@ -143,12 +143,10 @@ impl App {
 
         let broker_flag = readiness.flag("broker");
         let db_flag = readiness.flag("database");
-        let options = ConsumerOptions::new(
-            u16::try_from(config.batch.max_events.saturating_mul(2))
-                .unwrap_or(2000)
-                .min(2000),
-            config.batch.max_events.max(1),
-        );
+        // Every prefetched delivery gets a handler at once: the batcher, not the consume loop,
+        // decides how many are written together.
+        let in_flight = config.batch.in_flight();
+        let options = ConsumerOptions::new(u16::try_from(in_flight).unwrap_or(u16::MAX), in_flight);
         let consumer_health = options.health.clone();
         tasks.spawn(watch_readiness(
             pool.clone(),
@@ -213,7 +211,7 @@ impl App {
         let _ = server_task.await;
         publisher.close().await;
         if consume_conn.status().connected() {
-            let _ = consume_conn.close(200, "shutdown".into()).await;
+            let _ = consume_conn.close(200, "shutdown").await;
         }
         consumed.context("consuming sync.events")
     }

@@ -1,28 +1,31 @@
-//! Applying one [`SyncEvent`] to PostgreSQL inside the caller's transaction.
+//! Applying [`SyncEvent`]s to PostgreSQL inside the caller's transaction.
 //!
 //! Every step is idempotent on an external id, so a redelivered event changes nothing: messages
 //! are unique on (tenant, wamid) and (tenant, job id), statuses on (tenant, wamid, status), and an
 //! agent notification or status step is queued in the outbox only when its row was newly
 //! inserted or the current status moved forward. Events to publish go to `sync_outbox` in the
 //! same transaction; the batcher publishes them after the commit.
+//!
+//! [`apply_batch`] gives exactly the result of applying its events one by one in order, but
+//! writes each run of message events (inbound messages, statuses, accepted and failed outcomes)
+//! with a constant number of set-based statements (module `segment`); directory events
+//! (`jamaah.upserted`, erasure) are rare and applied one at a time between those runs, because
+//! every message event after them must see the directory they leave.
 
-use chrono::{DateTime, Utc};
+mod segment;
+
+use chrono::{DateTime, SubsecRound as _, Utc};
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
-use serde::Serialize;
 use wa_common::contracts::Reference;
-use wa_common::contracts::inbound::{InboundMessage, InboundStatus};
-use wa_common::contracts::notification::AgentNotification;
-use wa_common::contracts::outcome::{OutboundAccepted, OutboundFailed};
+use wa_common::contracts::inbound::InboundStatus;
 use wa_common::contracts::platform::{JamaahErasureRequested, JamaahUpserted};
 use wa_common::contracts::send_job::{MessageContent, OutboundMessage};
 use wa_common::contracts::status::{DeliveryStatus, OutboundStatus};
-use wa_common::ids::{AgentId, JamaahId, JobId, TenantId};
+use wa_common::ids::{JobId, TenantId};
 use wa_common::phone::E164;
-use wa_common::topology::routing;
 use wa_db::models::conversation::{
-    Contact, Conversation, Media, Message, MessageStatus, NewContact, NewMedia, NewMessage,
-    NewMessageStatus, NewOutboxEvent, OutboxEvent, PricingFields,
+    Contact, Media, Message, MessageStatus, NewContact, PricingFields,
 };
 
 use crate::crypto::Cipher;
@@ -45,6 +48,9 @@ pub struct PendingEvent {
     pub routing_key: &'static str,
     /// The JSON body.
     pub body: Vec<u8>,
+    /// Position, in the events given to [`apply_batch`], of the event that caused it (its trace
+    /// is the one to publish it in).
+    pub cause: usize,
 }
 
 /// Side effects to run after the transaction commits.
@@ -93,92 +99,35 @@ impl From<StoreError> for diesel::result::Error {
     }
 }
 
-/// Applies one event; call inside a transaction.
-pub async fn apply(
+/// Applies `events` in order inside the caller's transaction, with exactly the result of applying
+/// them one by one (see the module documentation for how).
+pub async fn apply_batch(
     conn: &mut AsyncPgConnection,
     cipher: &Cipher,
-    event: &SyncEvent,
+    events: &[&SyncEvent],
     effects: &mut Effects,
 ) -> Result<(), StoreError> {
-    match event {
-        SyncEvent::Inbound { tenant, message } => {
-            apply_inbound(conn, cipher, tenant, message, effects).await
+    let mut start = 0;
+    for (at, event) in events.iter().enumerate() {
+        let directory = match event {
+            SyncEvent::JamaahUpserted { event, phone } => Directory::Jamaah(event, phone),
+            SyncEvent::Erasure(request) => Directory::Erasure(request),
+            _ => continue,
+        };
+        segment::apply(conn, cipher, &events[start..at], start, effects).await?;
+        match directory {
+            Directory::Jamaah(event, phone) => apply_jamaah(conn, event, phone).await?,
+            Directory::Erasure(request) => apply_erasure(conn, request, effects).await?,
         }
-        SyncEvent::Status {
-            tenant,
-            status,
-            event,
-        } => apply_status_event(conn, cipher, tenant, *status, event, effects).await,
-        SyncEvent::Accepted(accepted) => apply_accepted(conn, cipher, accepted, effects).await,
-        SyncEvent::Failed(failed) => apply_failed(conn, cipher, failed).await,
-        SyncEvent::JamaahUpserted { event, phone } => apply_jamaah(conn, event, phone).await,
-        SyncEvent::Erasure(request) => apply_erasure(conn, request, effects).await,
+        start = at + 1;
     }
+    segment::apply(conn, cipher, &events[start..], start, effects).await
 }
 
-async fn queue<T: Serialize>(
-    conn: &mut AsyncPgConnection,
-    cipher: &Cipher,
-    tenant: &str,
-    contact: i64,
-    routing_key: &'static str,
-    body: &T,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    let body = serde_json::to_vec(body)?;
-    let sealed = cipher.seal(&body)?;
-    let id = OutboxEvent::insert(
-        conn,
-        &NewOutboxEvent {
-            tenant_id: tenant.to_owned(),
-            contact_id: Some(contact),
-            routing_key: routing_key.to_owned(),
-            payload_ciphertext: sealed.ciphertext,
-            payload_nonce: sealed.nonce,
-            key_id: sealed.key_id,
-        },
-    )
-    .await?;
-    effects.outbox.push(PendingEvent {
-        id,
-        tenant: tenant.to_owned(),
-        routing_key,
-        body,
-    });
-    Ok(())
-}
-
-/// The contact of a WhatsApp id, created as an unknown contact the first time we see it.
-async fn contact_for_wa_id(
-    conn: &mut AsyncPgConnection,
-    tenant: &str,
-    wa_id: Option<&str>,
-    user_id: Option<&str>,
-) -> QueryResult<Contact> {
-    if let Some(wa_id) = wa_id
-        && let Some(found) = Contact::find_by_wa_id(conn, tenant, wa_id).await?
-    {
-        return Ok(found);
-    }
-    if wa_id.is_none()
-        && let Some(user_id) = user_id
-        && let Some(found) = Contact::find_by_user_id(conn, tenant, user_id).await?
-    {
-        return Ok(found);
-    }
-    let phone = wa_id.and_then(|w| E164::from_wa_id(w).ok());
-    Contact::insert(
-        conn,
-        &NewContact {
-            tenant_id: tenant.to_owned(),
-            wa_id: wa_id.map(str::to_owned),
-            user_id: user_id.map(str::to_owned),
-            phone_e164: phone.map(|p| p.as_str().to_owned()),
-            is_known: false,
-            ..NewContact::default()
-        },
-    )
-    .await
+/// A directory event, applied on its own.
+enum Directory<'a> {
+    Jamaah(&'a JamaahUpserted, &'a E164),
+    Erasure(&'a JamaahErasureRequested),
 }
 
 fn preview(text: Option<&str>, message_type: &str) -> String {
@@ -192,116 +141,6 @@ fn preview(text: Option<&str>, message_type: &str) -> String {
         }
         _ => format!("[{message_type}]"),
     }
-}
-
-async fn apply_inbound(
-    conn: &mut AsyncPgConnection,
-    cipher: &Cipher,
-    tenant: &str,
-    message: &InboundMessage,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    let wa_id = Some(message.from.trim()).filter(|w| !w.is_empty());
-    let user_id = message.from_user_id.as_deref().filter(|u| !u.is_empty());
-    let contact = contact_for_wa_id(conn, tenant, wa_id, user_id).await?;
-    let conversation = Conversation::ensure(conn, tenant, contact.id).await?;
-    let (body, media) = content_of(&message.message_type, &message.raw);
-    let raw = cipher.seal(&serde_json::to_vec(&message.raw)?)?;
-    let body_sealed = body
-        .as_deref()
-        .map(|b| cipher.seal(b.as_bytes()))
-        .transpose()?;
-    let inserted = Message::insert_new(
-        conn,
-        &NewMessage {
-            tenant_id: tenant.to_owned(),
-            conversation_id: conversation,
-            contact_id: contact.id,
-            direction: "inbound".into(),
-            wa_message_id: Some(message.wa_message_id.clone()),
-            job_id: None,
-            reference_kind: None,
-            reference_id: None,
-            message_type: message.message_type.clone(),
-            body_ciphertext: body_sealed.as_ref().map(|s| s.ciphertext.clone()),
-            body_nonce: body_sealed.as_ref().map(|s| s.nonce.clone()),
-            body_key_id: Some(raw.key_id.clone()),
-            raw_ciphertext: Some(raw.ciphertext),
-            raw_nonce: Some(raw.nonce),
-            current_status: None,
-            status_at: None,
-            error_code: None,
-            error_detail: None,
-            failure_reason: None,
-            sent_at: message.timestamp,
-        },
-    )
-    .await?;
-    let Some(message_id) = inserted else {
-        // Redelivery or Meta's duplicate webhook: already stored and notified.
-        return Ok(());
-    };
-    metrics::counter!("wa_sync_inbound_messages_total", "tenant" => tenant.to_owned(), "type" => message.message_type.clone())
-        .increment(1);
-    if let Some(media) = media {
-        Media::insert_pending(
-            conn,
-            &NewMedia {
-                tenant_id: tenant.to_owned(),
-                message_id,
-                media_id: media.id,
-                mime_type: media.mime_type,
-                sha256: media.sha256,
-                filename: media.filename,
-            },
-        )
-        .await?;
-    }
-    Contact::touch_inbound(
-        conn,
-        contact.id,
-        message.profile_name.as_deref(),
-        message.timestamp,
-    )
-    .await?;
-    Conversation::touch(conn, conversation, message.timestamp, true).await?;
-
-    let who = contact
-        .name
-        .clone()
-        .or_else(|| message.profile_name.clone())
-        .or_else(|| contact.profile_name.clone())
-        .unwrap_or_else(|| format!("+{}", message.from));
-    let jamaah_id = contact
-        .jamaah_id
-        .as_deref()
-        .filter(|_| contact.is_known)
-        .and_then(|j| JamaahId::parse(j).ok());
-    let notification = AgentNotification {
-        tenant_id: tenant_id(tenant)?,
-        agent_id: contact
-            .agent_id
-            .as_deref()
-            .filter(|_| jamaah_id.is_some())
-            .and_then(|a| AgentId::parse(a).ok()),
-        action_url: jamaah_id
-            .as_ref()
-            .map(|j| format!("/jamaah/{j}/conversations")),
-        jamaah_id,
-        title: NOTIFICATION_TITLE.to_owned(),
-        message: format!("{who}: {}", preview(body.as_deref(), &message.message_type)),
-        kind: "info".to_owned(),
-    };
-    queue(
-        conn,
-        cipher,
-        tenant,
-        contact.id,
-        routing::AGENT_NOTIFICATION,
-        &notification,
-        effects,
-    )
-    .await
 }
 
 fn tenant_id(tenant: &str) -> Result<TenantId, StoreError> {
@@ -372,49 +211,13 @@ fn advance(
     Ok((true, Some(step)))
 }
 
-/// Applies `input` to `message` in the database; queues an `outbound.status` when it moved forward.
-async fn apply_to_message(
-    conn: &mut AsyncPgConnection,
-    cipher: &Cipher,
-    message: &mut Message,
-    input: &StatusInput,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    let (changed, step) = advance(message, input)?;
-    if changed {
-        Message::write_status_fields(conn, std::slice::from_ref(message)).await?;
-    }
-    if let Some(step) = step {
-        let tenant = message.tenant_id.clone();
-        queue(
-            conn,
-            cipher,
-            &tenant,
-            message.contact_id,
-            routing::OUTBOUND_STATUS,
-            &step,
-            effects,
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// One status event of a run handled by [`apply_status_run`].
-pub struct StatusItem<'a> {
-    /// Resolved tenant.
-    pub tenant: &'a str,
-    /// Parsed status.
-    pub status: DeliveryStatus,
-    /// The event.
-    pub event: &'a InboundStatus,
-}
-
 fn status_input(status: DeliveryStatus, event: &InboundStatus) -> StatusInput {
     let error = event.errors.first();
     StatusInput {
         status,
-        at: event.timestamp,
+        // PostgreSQL keeps microseconds: a step published now and one published from the stored
+        // status when its message arrives carry the same time.
+        at: event.timestamp.trunc_subsecs(6),
         meta_code: error.map(|e| e.code),
         error_detail: error.and_then(|e| e.details.clone().or_else(|| e.title.clone())),
         pricing: PricingFields {
@@ -424,179 +227,6 @@ fn status_input(status: DeliveryStatus, event: &InboundStatus) -> StatusInput {
             billable: event.pricing.as_ref().and_then(|p| p.billable),
         },
     }
-}
-
-/// Applies a run of consecutive status events with a constant number of statements (append the
-/// history, load the messages, write the changed messages, queue the steps, mark applied),
-/// with exactly the semantics of applying them one by one in order.
-pub async fn apply_status_run(
-    conn: &mut AsyncPgConnection,
-    cipher: &Cipher,
-    items: &[StatusItem<'_>],
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    use std::collections::{BTreeMap, HashMap, HashSet};
-    let mut by_tenant: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, item) in items.iter().enumerate() {
-        by_tenant.entry(item.tenant).or_default().push(i);
-    }
-    for (tenant, indexes) in by_tenant {
-        let inputs: Vec<StatusInput> = indexes
-            .iter()
-            .map(|&i| status_input(items[i].status, items[i].event))
-            .collect();
-        let mut rows: Vec<NewMessageStatus> = indexes
-            .iter()
-            .zip(&inputs)
-            .map(|(&i, input)| NewMessageStatus {
-                tenant_id: tenant.to_owned(),
-                wa_message_id: items[i].event.wa_message_id.clone(),
-                status: input.status.as_str().to_owned(),
-                occurred_at: input.at,
-                meta_code: input.meta_code,
-                error_detail: input.error_detail.clone(),
-                pricing_category: input.pricing.category.clone(),
-                pricing_type: input.pricing.kind.clone(),
-                pricing_model: input.pricing.model.clone(),
-                billable: input.pricing.billable,
-                applied: false,
-            })
-            .collect();
-        let mut wamids: Vec<String> = rows.iter().map(|r| r.wa_message_id.clone()).collect();
-        wamids.sort();
-        wamids.dedup();
-        let mut messages: HashMap<String, Message> = HashMap::new();
-        for chunk in wamids.chunks(1000) {
-            for message in Message::find_by_wamids(conn, tenant, chunk).await? {
-                if let Some(wamid) = message.wa_message_id.clone() {
-                    messages.insert(wamid, message);
-                }
-            }
-        }
-        for row in &mut rows {
-            // Applied below in this transaction when its message is known; else it waits.
-            row.applied = messages.contains_key(&row.wa_message_id);
-        }
-        let mut inserted: HashSet<(String, String)> = HashSet::new();
-        for chunk in rows.chunks(1000) {
-            for (_, wamid, status) in MessageStatus::insert_many(conn, chunk).await? {
-                inserted.insert((wamid, status));
-            }
-        }
-        let mut changed: Vec<String> = Vec::new();
-        let mut outbox: Vec<NewOutboxEvent> = Vec::new();
-        let mut bodies: Vec<Vec<u8>> = Vec::new();
-        for (row, input) in rows.iter().zip(&inputs) {
-            // Only the first copy of a status is new; later copies are duplicates (no-ops).
-            if !inserted.remove(&(row.wa_message_id.clone(), row.status.clone())) {
-                continue;
-            }
-            let Some(message) = messages.get_mut(&row.wa_message_id) else {
-                metrics::counter!("wa_sync_statuses_waiting_total", "tenant" => tenant.to_owned())
-                    .increment(1);
-                continue;
-            };
-            let (row_changed, step) = advance(message, input)?;
-            if row_changed {
-                changed.push(row.wa_message_id.clone());
-            }
-            if let Some(step) = step {
-                let body = serde_json::to_vec(&step)?;
-                let sealed = cipher.seal(&body)?;
-                bodies.push(body);
-                outbox.push(NewOutboxEvent {
-                    tenant_id: tenant.to_owned(),
-                    contact_id: Some(message.contact_id),
-                    routing_key: routing::OUTBOUND_STATUS.to_owned(),
-                    payload_ciphertext: sealed.ciphertext,
-                    payload_nonce: sealed.nonce,
-                    key_id: sealed.key_id,
-                });
-            }
-        }
-        changed.sort();
-        changed.dedup();
-        let rows: Vec<Message> = changed
-            .iter()
-            .filter_map(|w| messages.get(w).cloned())
-            .collect();
-        for chunk in rows.chunks(1000) {
-            Message::write_status_fields(conn, chunk).await?;
-        }
-        let mut bodies = bodies.into_iter();
-        for chunk in outbox.chunks(1000) {
-            let ids = OutboxEvent::insert_many(conn, chunk).await?;
-            for id in ids {
-                let body = bodies.next().unwrap_or_default();
-                effects.outbox.push(PendingEvent {
-                    id,
-                    tenant: tenant.to_owned(),
-                    routing_key: routing::OUTBOUND_STATUS,
-                    body,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn apply_status_event(
-    conn: &mut AsyncPgConnection,
-    cipher: &Cipher,
-    tenant: &str,
-    status: DeliveryStatus,
-    event: &InboundStatus,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    apply_status_run(
-        conn,
-        cipher,
-        &[StatusItem {
-            tenant,
-            status,
-            event,
-        }],
-        effects,
-    )
-    .await
-}
-
-/// Applies statuses that arrived before their message, in status order.
-async fn apply_waiting_statuses(
-    conn: &mut AsyncPgConnection,
-    cipher: &Cipher,
-    message: &mut Message,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    let Some(wamid) = message.wa_message_id.clone() else {
-        return Ok(());
-    };
-    let mut waiting = MessageStatus::unapplied_for(conn, &message.tenant_id, &wamid).await?;
-    if waiting.is_empty() {
-        return Ok(());
-    }
-    waiting.sort_by_key(|s| (rank_of(Some(&s.status)), s.occurred_at));
-    for status in &waiting {
-        let Some(parsed) = DeliveryStatus::from_meta(&status.status) else {
-            continue;
-        };
-        let input = StatusInput {
-            status: parsed,
-            at: status.occurred_at,
-            meta_code: status.meta_code,
-            error_detail: status.error_detail.clone(),
-            pricing: PricingFields {
-                category: status.pricing_category.clone(),
-                kind: status.pricing_type.clone(),
-                model: status.pricing_model.clone(),
-                billable: status.billable,
-            },
-        };
-        apply_to_message(conn, cipher, message, &input, effects).await?;
-    }
-    let ids: Vec<i64> = waiting.iter().map(|s| s.id).collect();
-    MessageStatus::mark_applied(conn, &ids).await?;
-    Ok(())
 }
 
 fn wa_id_of(to: &str) -> Option<String> {
@@ -654,102 +284,6 @@ fn outbound_content(
         body,
         raw,
     })
-}
-
-async fn apply_accepted(
-    conn: &mut AsyncPgConnection,
-    cipher: &Cipher,
-    accepted: &OutboundAccepted,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    let tenant = accepted.tenant_id.as_str();
-    let contact = contact_for_wa_id(conn, tenant, wa_id_of(&accepted.to).as_deref(), None).await?;
-    let conversation = Conversation::ensure(conn, tenant, contact.id).await?;
-    let content = outbound_content(cipher, accepted.message.as_ref())?;
-    let inserted = Message::insert_new(
-        conn,
-        &NewMessage {
-            tenant_id: tenant.to_owned(),
-            conversation_id: conversation,
-            contact_id: contact.id,
-            direction: "outbound".into(),
-            wa_message_id: Some(accepted.wa_message_id.clone()),
-            job_id: Some(accepted.job_id.as_str().to_owned()),
-            reference_kind: accepted.reference.as_ref().map(|r| r.kind.clone()),
-            reference_id: accepted.reference.as_ref().map(|r| r.id.clone()),
-            message_type: content.message_type,
-            body_ciphertext: content.body.as_ref().map(|b| b.ciphertext.clone()),
-            body_nonce: content.body.as_ref().map(|b| b.nonce.clone()),
-            body_key_id: content.raw.as_ref().map(|r| r.key_id.clone()),
-            raw_ciphertext: content.raw.as_ref().map(|r| r.ciphertext.clone()),
-            raw_nonce: content.raw.as_ref().map(|r| r.nonce.clone()),
-            current_status: None,
-            status_at: None,
-            error_code: None,
-            error_detail: None,
-            failure_reason: None,
-            sent_at: accepted.accepted_at,
-        },
-    )
-    .await?;
-    if inserted.is_some() {
-        Conversation::touch(conn, conversation, accepted.accepted_at, false).await?;
-        metrics::counter!("wa_sync_outbound_messages_total", "tenant" => tenant.to_owned(), "outcome" => "accepted")
-            .increment(1);
-    }
-    if let Some(mut message) = Message::find_by_wamid(conn, tenant, &accepted.wa_message_id).await?
-    {
-        apply_waiting_statuses(conn, cipher, &mut message, effects).await?;
-    }
-    Ok(())
-}
-
-async fn apply_failed(
-    conn: &mut AsyncPgConnection,
-    cipher: &Cipher,
-    failed: &OutboundFailed,
-) -> Result<(), StoreError> {
-    let tenant = failed.tenant_id.as_str();
-    let Some(wa_id) = wa_id_of(&failed.to) else {
-        // No recipient to file it under (an empty `to`): nothing to show in a conversation.
-        metrics::counter!("wa_sync_failed_without_recipient_total", "tenant" => tenant.to_owned())
-            .increment(1);
-        return Ok(());
-    };
-    let contact = contact_for_wa_id(conn, tenant, Some(&wa_id), None).await?;
-    let conversation = Conversation::ensure(conn, tenant, contact.id).await?;
-    let content = outbound_content(cipher, failed.message.as_ref())?;
-    let inserted = Message::insert_new(
-        conn,
-        &NewMessage {
-            tenant_id: tenant.to_owned(),
-            conversation_id: conversation,
-            contact_id: contact.id,
-            direction: "outbound".into(),
-            wa_message_id: None,
-            job_id: Some(failed.job_id.as_str().to_owned()),
-            reference_kind: failed.reference.as_ref().map(|r| r.kind.clone()),
-            reference_id: failed.reference.as_ref().map(|r| r.id.clone()),
-            message_type: content.message_type,
-            body_ciphertext: content.body.as_ref().map(|b| b.ciphertext.clone()),
-            body_nonce: content.body.as_ref().map(|b| b.nonce.clone()),
-            body_key_id: content.raw.as_ref().map(|r| r.key_id.clone()),
-            raw_ciphertext: content.raw.as_ref().map(|r| r.ciphertext.clone()),
-            raw_nonce: content.raw.as_ref().map(|r| r.nonce.clone()),
-            current_status: Some("failed".into()),
-            status_at: Some(failed.failed_at),
-            error_code: failed.meta_code,
-            error_detail: Some(failed.detail.clone()),
-            failure_reason: Some(failed.reason.as_str().to_owned()),
-            sent_at: failed.failed_at,
-        },
-    )
-    .await?;
-    if inserted.is_some() {
-        metrics::counter!("wa_sync_outbound_messages_total", "tenant" => tenant.to_owned(), "outcome" => "failed")
-            .increment(1);
-    }
-    Ok(())
 }
 
 async fn apply_jamaah(

@@ -105,23 +105,63 @@ impl Contact {
             .optional()
     }
 
-    /// The first contact with this business-scoped user id (senders that hide their number).
-    pub async fn find_by_user_id(
-        conn: &mut AsyncPgConnection,
-        tenant: &str,
-        user_id: &str,
-    ) -> QueryResult<Option<Contact>> {
+    /// The contacts with these `(tenant, wa_id)`, each with its conversation if it has one (one
+    /// query for a batch; the caller matches the pairs, since the filter takes every tenant with
+    /// every wa_id). Takes a shared connection so it can be pipelined with other statements.
+    pub async fn find_by_wa_ids(
+        mut conn: &AsyncPgConnection,
+        tenants: &[&str],
+        wa_ids: &[&str],
+    ) -> QueryResult<Vec<(Contact, Option<i64>)>> {
+        if wa_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         contacts::table
-            .filter(
-                contacts::tenant_id
-                    .eq(tenant)
-                    .and(contacts::user_id.eq(user_id)),
-            )
-            .order(contacts::id.asc())
-            .select(Contact::as_select())
-            .first(conn)
+            .left_join(conversations::table)
+            .filter(contacts::tenant_id.eq_any(tenants))
+            .filter(contacts::wa_id.eq_any(wa_ids))
+            .select((Contact::as_select(), conversations::id.nullable()))
+            .load(&mut conn)
             .await
-            .optional()
+    }
+
+    /// The contacts with these business-scoped user ids (senders that hide their number), oldest
+    /// first (the first one of a `(tenant, user_id)` is its contact), each with its conversation
+    /// if it has one. The caller matches the pairs.
+    pub async fn find_by_user_ids(
+        mut conn: &AsyncPgConnection,
+        tenants: &[&str],
+        user_ids: &[&str],
+    ) -> QueryResult<Vec<(Contact, Option<i64>)>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        contacts::table
+            .left_join(conversations::table)
+            .filter(contacts::tenant_id.eq_any(tenants))
+            .filter(contacts::user_id.eq_any(user_ids))
+            .order(contacts::id.asc())
+            .select((Contact::as_select(), conversations::id.nullable()))
+            .load(&mut conn)
+            .await
+    }
+
+    /// Inserts contacts in one statement, in the order given; a contact whose `(tenant, wa_id)` or
+    /// `(tenant, jamaah_id)` exists already (another replica was faster) is skipped and not
+    /// returned.
+    pub async fn insert_many(
+        conn: &mut AsyncPgConnection,
+        rows: &[NewContact],
+    ) -> QueryResult<Vec<Contact>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        diesel::insert_into(contacts::table)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(Contact::as_returning())
+            .get_results(conn)
+            .await
     }
 
     /// Inserts a contact and returns it.
@@ -146,21 +186,31 @@ impl Contact {
             .map(drop)
     }
 
-    /// Records the sender's latest profile name and inbound time.
-    pub async fn touch_inbound(
-        conn: &mut AsyncPgConnection,
-        id: i64,
-        profile_name: Option<&str>,
-        at: DateTime<Utc>,
+    /// Records each sender's latest profile name (kept when `None`) and moves its last inbound
+    /// time forward, for many contacts in one statement (one entry per contact).
+    pub async fn touch_inbound_many(
+        mut conn: &AsyncPgConnection,
+        touches: &[InboundTouch],
     ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
+        if touches.is_empty() {
+            return Ok(());
+        }
         diesel::sql_query(
-            "UPDATE contacts SET profile_name = COALESCE($2, profile_name), \
-             last_inbound_at = GREATEST(last_inbound_at, $3) WHERE id = $1",
+            "UPDATE contacts c SET profile_name = COALESCE(u.profile_name, c.profile_name), \
+               last_inbound_at = GREATEST(c.last_inbound_at, u.at) \
+             FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS u(id, profile_name, at) \
+             WHERE c.id = u.id",
         )
-        .bind::<diesel::sql_types::BigInt, _>(id)
-        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(profile_name)
-        .bind::<diesel::sql_types::Timestamptz, _>(at)
-        .execute(conn)
+        .bind::<Array<BigInt>, _>(touches.iter().map(|t| t.contact_id).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(
+            touches
+                .iter()
+                .map(|t| t.profile_name.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Timestamptz>, _>(touches.iter().map(|t| t.at).collect::<Vec<_>>())
+        .execute(&mut conn)
         .await
         .map(drop)
     }
@@ -211,6 +261,28 @@ impl Contact {
     }
 }
 
+/// What the inbound messages of a batch changed on their sender's contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundTouch {
+    /// The contact.
+    pub contact_id: i64,
+    /// The latest profile name the sender showed, if any.
+    pub profile_name: Option<String>,
+    /// The latest inbound message time.
+    pub at: DateTime<Utc>,
+}
+
+/// What the messages of a batch changed on their conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationTouch {
+    /// The conversation.
+    pub conversation_id: i64,
+    /// The latest inbound message time, if any.
+    pub inbound_at: Option<DateTime<Utc>>,
+    /// The latest outbound message time, if any.
+    pub outbound_at: Option<DateTime<Utc>>,
+}
+
 /// One conversation per contact.
 pub struct Conversation;
 
@@ -243,26 +315,79 @@ impl Conversation {
         }
     }
 
-    /// Moves the conversation's last-activity times forward.
-    pub async fn touch(
+    /// `(conversation id, contact id)` of the conversations these contacts have.
+    pub async fn find_for_contacts(
         conn: &mut AsyncPgConnection,
-        id: i64,
-        at: DateTime<Utc>,
-        inbound: bool,
-    ) -> QueryResult<()> {
-        let sql = if inbound {
-            "UPDATE conversations SET last_message_at = GREATEST(last_message_at, $2), \
-             last_inbound_at = GREATEST(last_inbound_at, $2) WHERE id = $1"
-        } else {
-            "UPDATE conversations SET last_message_at = GREATEST(last_message_at, $2), \
-             last_outbound_at = GREATEST(last_outbound_at, $2) WHERE id = $1"
-        };
-        diesel::sql_query(sql)
-            .bind::<diesel::sql_types::BigInt, _>(id)
-            .bind::<diesel::sql_types::Timestamptz, _>(at)
-            .execute(conn)
+        contact_ids: &[i64],
+    ) -> QueryResult<Vec<(i64, i64)>> {
+        conversations::table
+            .filter(conversations::contact_id.eq_any(contact_ids))
+            .select((conversations::id, conversations::contact_id))
+            .load(conn)
             .await
-            .map(drop)
+    }
+
+    /// Creates the conversations of these `(tenant, contact id)` in one statement, in the order
+    /// given; returns `(conversation id, contact id)` of those created (a contact that has one
+    /// already is skipped).
+    pub async fn insert_many(
+        conn: &mut AsyncPgConnection,
+        contacts: &[(&str, i64)],
+    ) -> QueryResult<Vec<(i64, i64)>> {
+        if contacts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<_> = contacts
+            .iter()
+            .map(|(tenant, contact)| {
+                (
+                    conversations::tenant_id.eq(*tenant),
+                    conversations::contact_id.eq(*contact),
+                )
+            })
+            .collect();
+        diesel::insert_into(conversations::table)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning((conversations::id, conversations::contact_id))
+            .get_results(conn)
+            .await
+    }
+
+    /// Moves the last-activity times of many conversations forward in one statement (one entry
+    /// per conversation; `GREATEST` ignores the `None`s).
+    pub async fn touch_many(
+        mut conn: &AsyncPgConnection,
+        touches: &[ConversationTouch],
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz};
+        if touches.is_empty() {
+            return Ok(());
+        }
+        diesel::sql_query(
+            "UPDATE conversations c SET \
+               last_message_at = GREATEST(c.last_message_at, u.inbound_at, u.outbound_at), \
+               last_inbound_at = GREATEST(c.last_inbound_at, u.inbound_at), \
+               last_outbound_at = GREATEST(c.last_outbound_at, u.outbound_at) \
+             FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) \
+               AS u(id, inbound_at, outbound_at) \
+             WHERE c.id = u.id",
+        )
+        .bind::<Array<BigInt>, _>(
+            touches
+                .iter()
+                .map(|t| t.conversation_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Timestamptz>>, _>(
+            touches.iter().map(|t| t.inbound_at).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Timestamptz>>, _>(
+            touches.iter().map(|t| t.outbound_at).collect::<Vec<_>>(),
+        )
+        .execute(&mut conn)
+        .await
+        .map(drop)
     }
 }
 
@@ -360,17 +485,21 @@ pub struct NewMessage {
     pub sent_at: DateTime<Utc>,
 }
 
-/// What applying a status changed on its message.
-#[derive(Debug, Clone, Default)]
-pub struct StatusChange {
-    /// New current status.
-    pub status: String,
-    /// When it happened.
-    pub at: DateTime<Utc>,
-    /// Graph error code of a failure.
-    pub error_code: Option<i64>,
-    /// Error detail.
-    pub error_detail: Option<String>,
+/// The keys of a message [`Message::insert_many`] inserted.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct InsertedMessage {
+    /// Row id.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    /// Tenant.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub tenant_id: String,
+    /// Meta's wamid.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub wa_message_id: Option<String>,
+    /// Send-job id.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub job_id: Option<String>,
 }
 
 /// Pricing reported by a status.
@@ -387,59 +516,109 @@ pub struct PricingFields {
 }
 
 impl Message {
-    /// Inserts a message; `None` when one with the same wamid or job id already exists.
-    pub async fn insert_new(
+    /// Inserts messages in one statement, in the order given, and returns the keys of those that
+    /// were new: a row whose wamid or job id exists already, or appeared earlier in `rows`, is
+    /// skipped. One array per column (`unnest`), so the statement is the same for any number of
+    /// rows (prepared once) and carries 20 parameters instead of 20 per row.
+    pub async fn insert_many(
         conn: &mut AsyncPgConnection,
-        new: &NewMessage,
-    ) -> QueryResult<Option<i64>> {
-        diesel::insert_into(messages::table)
-            .values(new)
-            .on_conflict_do_nothing()
-            .returning(messages::id)
-            .get_result(conn)
-            .await
-            .optional()
+        rows: &[NewMessage],
+    ) -> QueryResult<Vec<InsertedMessage>> {
+        use diesel::sql_types::{Array, BigInt, Bytea, Nullable, Text, Timestamptz};
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        fn column<'a, T: 'a>(rows: &'a [NewMessage], f: impl Fn(&'a NewMessage) -> T) -> Vec<T> {
+            rows.iter().map(f).collect()
+        }
+        diesel::sql_query(
+            "INSERT INTO messages (tenant_id, conversation_id, contact_id, direction, wa_message_id, \
+               job_id, reference_kind, reference_id, message_type, body_ciphertext, body_nonce, \
+               body_key_id, raw_ciphertext, raw_nonce, current_status, status_at, error_code, \
+               error_detail, failure_reason, sent_at) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+               $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::bytea[], \
+               $12::text[], $13::bytea[], $14::bytea[], $15::text[], $16::timestamptz[], \
+               $17::bigint[], $18::text[], $19::text[], $20::timestamptz[]) \
+             ON CONFLICT DO NOTHING \
+             RETURNING id, tenant_id, wa_message_id, job_id",
+        )
+        .bind::<Array<Text>, _>(column(rows, |r| r.tenant_id.as_str()))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.conversation_id))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.contact_id))
+        .bind::<Array<Text>, _>(column(rows, |r| r.direction.as_str()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.wa_message_id.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.job_id.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.reference_kind.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.reference_id.as_deref()))
+        .bind::<Array<Text>, _>(column(rows, |r| r.message_type.as_str()))
+        .bind::<Array<Nullable<Bytea>>, _>(column(rows, |r| r.body_ciphertext.as_deref()))
+        .bind::<Array<Nullable<Bytea>>, _>(column(rows, |r| r.body_nonce.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.body_key_id.as_deref()))
+        .bind::<Array<Nullable<Bytea>>, _>(column(rows, |r| r.raw_ciphertext.as_deref()))
+        .bind::<Array<Nullable<Bytea>>, _>(column(rows, |r| r.raw_nonce.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.current_status.as_deref()))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(rows, |r| r.status_at))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.error_code))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.error_detail.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.failure_reason.as_deref()))
+        .bind::<Array<Timestamptz>, _>(column(rows, |r| r.sent_at))
+        .load(conn)
+        .await
     }
 
-    /// The message with this wamid.
-    pub async fn find_by_wamid(
-        conn: &mut AsyncPgConnection,
-        tenant: &str,
-        wamid: &str,
-    ) -> QueryResult<Option<Message>> {
-        messages::table
-            .filter(
-                messages::tenant_id
-                    .eq(tenant)
-                    .and(messages::wa_message_id.eq(wamid)),
-            )
-            .select(Message::as_select())
-            .first(conn)
-            .await
-            .optional()
+    /// The stored row of `new` once inserted as `id` (every other column is what was inserted).
+    pub fn from_new(id: i64, new: &NewMessage) -> Message {
+        Message {
+            id,
+            tenant_id: new.tenant_id.clone(),
+            contact_id: new.contact_id,
+            direction: new.direction.clone(),
+            wa_message_id: new.wa_message_id.clone(),
+            job_id: new.job_id.clone(),
+            reference_kind: new.reference_kind.clone(),
+            reference_id: new.reference_id.clone(),
+            message_type: new.message_type.clone(),
+            body_ciphertext: new.body_ciphertext.clone(),
+            body_nonce: new.body_nonce.clone(),
+            body_key_id: new.body_key_id.clone(),
+            current_status: new.current_status.clone(),
+            status_at: new.status_at,
+            error_code: new.error_code,
+            error_detail: new.error_detail.clone(),
+            failure_reason: new.failure_reason.clone(),
+            pricing_category: None,
+            pricing_type: None,
+            billable: None,
+            sent_at: new.sent_at,
+        }
     }
 
-    /// The messages with these wamids (one query for a batch of statuses).
-    pub async fn find_by_wamids(
-        conn: &mut AsyncPgConnection,
-        tenant: &str,
-        wamids: &[String],
+    /// The messages with these `(tenant, wamid)` (the caller matches the pairs), locked until the
+    /// transaction ends and in id order, so two replicas moving the same message's status wait
+    /// for each other instead of overwriting each other's step (and never deadlock here).
+    pub async fn lock_by_wamids(
+        mut conn: &AsyncPgConnection,
+        tenants: &[&str],
+        wamids: &[&str],
     ) -> QueryResult<Vec<Message>> {
+        if wamids.is_empty() {
+            return Ok(Vec::new());
+        }
         messages::table
-            .filter(
-                messages::tenant_id
-                    .eq(tenant)
-                    .and(messages::wa_message_id.eq_any(wamids)),
-            )
+            .filter(messages::tenant_id.eq_any(tenants))
+            .filter(messages::wa_message_id.eq_any(wamids))
+            .order(messages::id.asc())
             .select(Message::as_select())
-            .load(conn)
+            .for_update()
+            .load(&mut conn)
             .await
     }
 
     /// Writes the status and pricing fields of many messages in one statement (the values are
     /// the complete new state of each row, computed by the caller).
     pub async fn write_status_fields(
-        conn: &mut AsyncPgConnection,
+        mut conn: &AsyncPgConnection,
         rows: &[Message],
     ) -> QueryResult<()> {
         use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
@@ -463,44 +642,7 @@ impl Message {
         .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.pricing_category.clone()).collect::<Vec<_>>())
         .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.pricing_type.clone()).collect::<Vec<_>>())
         .bind::<Array<Nullable<Bool>>, _>(rows.iter().map(|r| r.billable).collect::<Vec<_>>())
-        .execute(conn)
-        .await
-        .map(drop)
-    }
-
-    /// Sets the current status (the caller has checked that it moves forward).
-    pub async fn set_status(
-        conn: &mut AsyncPgConnection,
-        id: i64,
-        change: &StatusChange,
-    ) -> QueryResult<()> {
-        diesel::update(messages::table.find(id))
-            .set((
-                messages::current_status.eq(&change.status),
-                messages::status_at.eq(change.at),
-                messages::error_code.eq(change.error_code),
-                messages::error_detail.eq(&change.error_detail),
-            ))
-            .execute(conn)
-            .await
-            .map(drop)
-    }
-
-    /// Stores pricing where the message has none yet (Meta repeats it on several statuses).
-    pub async fn set_pricing(
-        conn: &mut AsyncPgConnection,
-        id: i64,
-        pricing: &PricingFields,
-    ) -> QueryResult<()> {
-        diesel::sql_query(
-            "UPDATE messages SET pricing_category = COALESCE(pricing_category, $2), \
-             pricing_type = COALESCE(pricing_type, $3), billable = COALESCE(billable, $4) WHERE id = $1",
-        )
-        .bind::<diesel::sql_types::BigInt, _>(id)
-        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(&pricing.category)
-        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(&pricing.kind)
-        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Bool>, _>(pricing.billable)
-        .execute(conn)
+        .execute(&mut conn)
         .await
         .map(drop)
     }
@@ -657,62 +799,89 @@ pub struct NewMessageStatus {
 }
 
 impl MessageStatus {
-    /// Appends a status; `None` when `(tenant, wamid, status)` is already recorded.
-    pub async fn insert_new(
-        conn: &mut AsyncPgConnection,
-        new: &NewMessageStatus,
-    ) -> QueryResult<Option<i64>> {
-        diesel::insert_into(message_statuses::table)
-            .values(new)
-            .on_conflict_do_nothing()
-            .returning(message_statuses::id)
-            .get_result(conn)
-            .await
-            .optional()
-    }
-
-    /// Appends many statuses in one statement; returns `(id, wamid, status)` of the rows that
-    /// were new (duplicates of recorded statuses are skipped).
+    /// Appends many statuses in one statement, in the order given; returns
+    /// `(tenant, wamid, status)` of the rows that were new (a status already recorded, or earlier
+    /// in `rows`, is skipped).
     pub async fn insert_many(
         conn: &mut AsyncPgConnection,
         rows: &[NewMessageStatus],
-    ) -> QueryResult<Vec<(i64, String, String)>> {
+    ) -> QueryResult<Vec<(String, String, String)>> {
+        use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
+        #[derive(QueryableByName)]
+        struct Key {
+            #[diesel(sql_type = Text)]
+            tenant_id: String,
+            #[diesel(sql_type = Text)]
+            wa_message_id: String,
+            #[diesel(sql_type = Text)]
+            status: String,
+        }
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        diesel::insert_into(message_statuses::table)
-            .values(rows)
-            .on_conflict_do_nothing()
-            .returning((
-                message_statuses::id,
-                message_statuses::wa_message_id,
-                message_statuses::status,
-            ))
-            .get_results(conn)
-            .await
+        fn column<'a, T: 'a>(
+            rows: &'a [NewMessageStatus],
+            f: impl Fn(&'a NewMessageStatus) -> T,
+        ) -> Vec<T> {
+            rows.iter().map(f).collect()
+        }
+        // One array per column, like `Message::insert_many`.
+        let keys: Vec<Key> = diesel::sql_query(
+            "INSERT INTO message_statuses (tenant_id, wa_message_id, status, occurred_at, meta_code, \
+               error_detail, pricing_category, pricing_type, pricing_model, billable, applied) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], \
+               $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::boolean[], \
+               $11::boolean[]) \
+             ON CONFLICT DO NOTHING \
+             RETURNING tenant_id, wa_message_id, status",
+        )
+        .bind::<Array<Text>, _>(column(rows, |r| r.tenant_id.as_str()))
+        .bind::<Array<Text>, _>(column(rows, |r| r.wa_message_id.as_str()))
+        .bind::<Array<Text>, _>(column(rows, |r| r.status.as_str()))
+        .bind::<Array<Timestamptz>, _>(column(rows, |r| r.occurred_at))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.meta_code))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.error_detail.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.pricing_category.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.pricing_type.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.pricing_model.as_deref()))
+        .bind::<Array<Nullable<Bool>>, _>(column(rows, |r| r.billable))
+        .bind::<Array<Bool>, _>(column(rows, |r| r.applied))
+        .load(conn)
+        .await?;
+        Ok(keys
+            .into_iter()
+            .map(|k| (k.tenant_id, k.wa_message_id, k.status))
+            .collect())
     }
 
-    /// Statuses of a wamid not yet applied to a message, oldest first.
-    pub async fn unapplied_for(
-        conn: &mut AsyncPgConnection,
-        tenant: &str,
-        wamid: &str,
+    /// Statuses of these `(tenant, wamid)` not yet applied to a message, oldest first (the caller
+    /// matches the pairs).
+    pub async fn unapplied_for_many(
+        mut conn: &AsyncPgConnection,
+        tenants: &[&str],
+        wamids: &[&str],
     ) -> QueryResult<Vec<MessageStatus>> {
+        if wamids.is_empty() {
+            return Ok(Vec::new());
+        }
         message_statuses::table
-            .filter(message_statuses::tenant_id.eq(tenant))
-            .filter(message_statuses::wa_message_id.eq(wamid))
+            .filter(message_statuses::tenant_id.eq_any(tenants))
+            .filter(message_statuses::wa_message_id.eq_any(wamids))
             .filter(message_statuses::applied.eq(false))
             .order(message_statuses::id.asc())
             .select(MessageStatus::as_select())
-            .load(conn)
+            .load(&mut conn)
             .await
     }
 
     /// Marks statuses applied.
-    pub async fn mark_applied(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<()> {
+    pub async fn mark_applied(mut conn: &AsyncPgConnection, ids: &[i64]) -> QueryResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         diesel::update(message_statuses::table.filter(message_statuses::id.eq_any(ids)))
             .set(message_statuses::applied.eq(true))
-            .execute(conn)
+            .execute(&mut conn)
             .await
             .map(drop)
     }
@@ -819,12 +988,18 @@ pub struct NewMedia {
 }
 
 impl Media {
-    /// Queues a download (idempotent on `(message, media_id)`).
-    pub async fn insert_pending(conn: &mut AsyncPgConnection, new: &NewMedia) -> QueryResult<()> {
+    /// Queues downloads in one statement (idempotent on `(message, media_id)`).
+    pub async fn insert_pending_many(
+        mut conn: &AsyncPgConnection,
+        rows: &[NewMedia],
+    ) -> QueryResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         diesel::insert_into(media::table)
-            .values(new)
+            .values(rows)
             .on_conflict_do_nothing()
-            .execute(conn)
+            .execute(&mut conn)
             .await
             .map(drop)
     }
@@ -993,20 +1168,58 @@ impl OutboxEvent {
             .await
     }
 
-    /// Queues many events in one statement; returns their ids in the order of `rows`
-    /// (PostgreSQL returns the rows of a multi-row `VALUES` insert in insertion order).
+    /// Queues many events in one statement (one array per column); returns their ids in the
+    /// order of `rows`: the ids come from the sequence in insertion order, so sorted they line up
+    /// with the rows whatever order `RETURNING` gives them in.
     pub async fn insert_many(
-        conn: &mut AsyncPgConnection,
+        mut conn: &AsyncPgConnection,
         rows: &[NewOutboxEvent],
     ) -> QueryResult<Vec<i64>> {
+        use diesel::sql_types::{Array, BigInt, Bytea, Nullable, Text};
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+        }
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        diesel::insert_into(sync_outbox::table)
-            .values(rows)
-            .returning(sync_outbox::id)
-            .get_results(conn)
-            .await
+        let mut ids: Vec<i64> = diesel::sql_query(
+            "INSERT INTO sync_outbox (tenant_id, contact_id, routing_key, payload_ciphertext, \
+               payload_nonce, key_id) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[], \
+               $6::text[]) \
+             RETURNING id",
+        )
+        .bind::<Array<Text>, _>(
+            rows.iter()
+                .map(|r| r.tenant_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.contact_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            rows.iter()
+                .map(|r| r.routing_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Bytea>, _>(
+            rows.iter()
+                .map(|r| r.payload_ciphertext.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Bytea>, _>(
+            rows.iter()
+                .map(|r| r.payload_nonce.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.key_id.as_str()).collect::<Vec<_>>())
+        .load::<Id>(&mut conn)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// Locks up to `limit` events created before `created_before` (all when `None`), oldest

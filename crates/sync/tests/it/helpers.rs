@@ -58,6 +58,11 @@ pub struct TestApp {
 
 fn tenants(mock: &RunningMock) -> TenantDirectory {
     let _ = mock;
+    tenant_directory()
+}
+
+/// [`TENANT`] on graph-mock's default number and [`OTHER_TENANT`].
+pub fn tenant_directory() -> TenantDirectory {
     TenantDirectory::new(vec![
         tenant(
             TENANT,
@@ -214,17 +219,7 @@ impl TestApp {
 
     /// Runs `sql` returning one bigint (`SELECT count(*)::bigint AS n ...`).
     pub async fn count(&self, sql: &str) -> i64 {
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut conn = self.conn().await;
-        let row: N = diesel::sql_query(sql)
-            .get_result(&mut conn)
-            .await
-            .expect(sql);
-        row.n
+        count_in(&mut self.conn().await, sql).await
     }
 
     /// Waits until `sql` (a count) equals `expected`.
@@ -315,6 +310,17 @@ impl Drop for TestApp {
         self.shutdown.cancel();
         let _ = std::fs::remove_dir_all(&self.media_dir);
     }
+}
+
+/// Runs `sql` returning one bigint (`SELECT count(*)::bigint AS n ...`) on `conn`.
+pub async fn count_in(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let row: N = diesel::sql_query(sql).get_result(conn).await.expect(sql);
+    row.n
 }
 
 /// An `inbound.message` event as ingress publishes it.

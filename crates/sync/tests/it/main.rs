@@ -7,6 +7,7 @@
     reason = "tests fail loudly on purpose"
 )]
 
+mod batch;
 mod helpers;
 
 use std::time::Duration;
