@@ -130,7 +130,7 @@ impl App {
                 )
                 .await;
                 if consume_connection.status().connected() {
-                    let _ = consume_connection.close(200, "shutdown".into()).await;
+                    let _ = consume_connection.close(200, "shutdown").await;
                 }
                 result
             })
