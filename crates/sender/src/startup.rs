@@ -246,7 +246,7 @@ impl App {
             }
         }
         deps.publisher.close().await;
-        let _ = consume_conn.close(200, "shutdown".into()).await;
+        let _ = consume_conn.close(200, "shutdown").await;
         shutdown.cancel();
         let _ = queue_metrics.await;
         let _ = health_task.await;
