@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use wa_amqp::{PublishOptions, Publisher};
 use wa_common::contracts::Reference;
@@ -20,6 +20,7 @@ use wa_db::PgPool;
 use wa_db::models::sender::SendJobRow;
 use wa_service::tenants::Tenant;
 
+use crate::batch::{Batcher, ClaimJobs, RecordAccepted, RecordJobs};
 use crate::clients::graph::GraphClient;
 use crate::config::SendConfig;
 use crate::lanes::Lanes;
@@ -37,6 +38,29 @@ pub struct Deps {
     pub send: SendConfig,
     /// Per-tenant state, by tenant id.
     pub tenants: HashMap<String, Arc<TenantCtx>>,
+    /// The hot path's database writes, batched across concurrent jobs.
+    pub writes: Writes,
+}
+
+/// The batched writes of the hot path (see [`crate::batch`]).
+pub struct Writes {
+    /// Intake: record jobs.
+    pub record: Batcher<RecordJobs>,
+    /// Dispatch: claim jobs right before their Graph call.
+    pub claim: Batcher<ClaimJobs>,
+    /// Dispatch: record acceptances.
+    pub accept: Batcher<RecordAccepted>,
+}
+
+impl Writes {
+    /// Starts the batchers on `pool` (needs a running Tokio runtime).
+    pub fn start(pool: &PgPool) -> Self {
+        Self {
+            record: Batcher::start(RecordJobs, pool.clone()),
+            claim: Batcher::start(ClaimJobs, pool.clone()),
+            accept: Batcher::start(RecordAccepted, pool.clone()),
+        }
+    }
 }
 
 /// One tenant's sending state in this process.
@@ -53,6 +77,10 @@ pub struct TenantCtx {
     pub pause_notify: Notify,
     /// Template registry answers, cached for [`TEMPLATE_CACHE_TTL`].
     pub templates: TemplateCache,
+    /// Held while the registry is read, so an expired entry is read once, not by every job.
+    pub template_fetch: tokio::sync::Mutex<()>,
+    /// Recipients known to have an open 24-hour window: their last inbound time.
+    pub windows: WindowCache,
 }
 
 /// How long a template registry answer is reused (the registry changes on Meta's review webhooks,
@@ -62,27 +90,97 @@ pub const TEMPLATE_CACHE_TTL: Duration = Duration::from_secs(30);
 /// `(name, language)` → `(fetched at, (status, parameter count) when the registry knows it)`.
 pub type TemplateCache = Mutex<HashMap<(String, String), (Instant, Option<(String, i32)>)>>;
 
+/// `wa_id` → last inbound time, kept only while the window is open. A last inbound time only
+/// ever moves forward, so a cached one that opens the window is never wrong (it can only be
+/// earlier than the stored one); a closed or unknown window is always read from the database,
+/// so a message the recipient just sent (recorded by any replica) opens it at once.
+#[derive(Default)]
+pub struct WindowCache {
+    open: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+/// Above this many cached windows, the closed ones are dropped.
+const WINDOW_CACHE_PRUNE_ABOVE: usize = 50_000;
+
+impl WindowCache {
+    fn open_at(&self, wa_id: &str, open_since: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(wa_id)
+            .copied()
+            .filter(|at| *at >= open_since)
+    }
+
+    fn remember(&self, wa_id: &str, at: DateTime<Utc>, open_since: DateTime<Utc>) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.len() >= WINDOW_CACHE_PRUNE_ABOVE {
+            open.retain(|_, last| *last >= open_since);
+        }
+        if open.len() < WINDOW_CACHE_PRUNE_ABOVE {
+            let entry = open.entry(wa_id.to_owned()).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+    }
+}
+
 impl TenantCtx {
+    /// The recipient's last inbound time when it is at or after `open_since` is cached; otherwise
+    /// read from the database (and cached when it opens the window).
+    pub async fn last_inbound(
+        &self,
+        pool: &PgPool,
+        wa_id: &str,
+        open_since: DateTime<Utc>,
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
+        if let Some(at) = self.windows.open_at(wa_id, open_since) {
+            return Ok(Some(at));
+        }
+        let mut conn = pool.get().await?;
+        let last =
+            wa_db::models::sender::last_inbound(&mut conn, &self.tenant.tenant_id, wa_id).await?;
+        if let Some(at) = last
+            && at >= open_since
+        {
+            self.windows.remember(wa_id, at, open_since);
+        }
+        Ok(last)
+    }
+
+    fn cached_template(&self, key: &(String, String)) -> Option<Option<(String, i32)>> {
+        self.templates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < TEMPLATE_CACHE_TTL)
+            .map(|(_, cached)| cached.clone())
+    }
+
     /// The registry's `(status, body parameter count)` of a template, cached briefly.
     pub async fn template_status(
         &self,
-        conn: &mut wa_db::AsyncPgConnection,
+        pool: &PgPool,
         name: &str,
         language: &str,
-    ) -> diesel::QueryResult<Option<(String, i32)>> {
+    ) -> anyhow::Result<Option<(String, i32)>> {
         let key = (name.to_owned(), language.to_owned());
-        if let Some((at, cached)) = self
-            .templates
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            && at.elapsed() < TEMPLATE_CACHE_TTL
-        {
-            return Ok(cached.clone());
+        if let Some(cached) = self.cached_template(&key) {
+            return Ok(cached);
         }
-        let fresh =
-            wa_db::models::sender::template_status(conn, &self.tenant.tenant_id, name, language)
-                .await?;
+        // One lookup at a time: when the entry expires, hundreds of waiting jobs would otherwise
+        // all query the registry at once.
+        let _fetching = self.template_fetch.lock().await;
+        if let Some(cached) = self.cached_template(&key) {
+            return Ok(cached);
+        }
+        let mut conn = pool.get().await?;
+        let fresh = wa_db::models::sender::template_status(
+            &mut conn,
+            &self.tenant.tenant_id,
+            name,
+            language,
+        )
+        .await?;
         self.templates
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -17,12 +17,12 @@ use wa_common::contracts::send_job::{MessageContent, SendJob};
 use wa_common::decode;
 use wa_common::meta::send_message_body;
 use wa_common::phone::E164;
-use wa_db::models::sender::{self as q, AttemptResult, NewSendJob, SendJobRow};
+use wa_db::models::sender::{self as q, AttemptResult, SendJobRow};
 
+use crate::batch::{Accepted, JobRecord};
 use crate::classify::{Class, classify};
 use crate::clients::graph::SendResult;
 use crate::deps::{Deps, JobRef, TenantCtx};
-use crate::limiter::SLOT_TOLERANCE;
 use crate::sequencer::Sequencer;
 
 /// Delay before a job that hit an infrastructure error (DB, broker) is tried again.
@@ -70,6 +70,14 @@ enum Step {
     Done(Outcome),
 }
 
+/// Why a job fails before any Graph call.
+struct Problem {
+    reason: FailureReason,
+    detail: String,
+    /// Dead-letter the job (an operator can fix and replay it) rather than just ack it.
+    dead_letter: bool,
+}
+
 impl Handler for Dispatcher {
     async fn handle(&self, msg: IncomingMessage) -> Outcome {
         let span = tracing::info_span!("sender.dispatch", tenant_id = %self.ctx.tenant.tenant_id, job_id = tracing::field::Empty, attempt = msg.attempt);
@@ -110,147 +118,61 @@ impl Dispatcher {
         };
         // The recipient's pacing state, shared by the tenant's priority queues.
         let mut lane = ctx.lanes.acquire(to.as_str()).await;
-        let mut conn = match deps.pool.get().await {
-            Ok(conn) => conn,
-            Err(error) => return infra("database unavailable", &error),
-        };
-        let new = NewSendJob {
-            tenant_id,
-            job_id: job.job_id.as_str(),
-            to_e164: Some(to.as_str()),
+        let record = JobRecord {
+            tenant_id: tenant_id.to_owned(),
+            job_id: job.job_id.as_str().to_owned(),
+            to_e164: Some(to.as_str().to_owned()),
             priority: job.priority.as_str(),
             message_type: job.message.content.type_name(),
-            reference_kind: job.reference.as_ref().map(|r| r.kind.as_str()),
-            reference_id: job.reference.as_ref().map(|r| r.id.as_str()),
+            reference_kind: job.reference.as_ref().map(|r| r.kind.clone()),
+            reference_id: job.reference.as_ref().map(|r| r.id.clone()),
             expires_at: job.expires_at.map(|at| at.to_utc()),
         };
-        // Intake recorded the job; insert only if it was put here some other way.
-        let row = match SendJobRow::get(&mut conn, tenant_id, new.job_id).await {
-            Ok(row) => row,
-            Err(diesel::result::Error::NotFound) => {
-                match SendJobRow::insert_or_get(&mut conn, &new).await {
-                    Ok(row) => row,
-                    Err(error) => return infra("could not record the job", &error),
-                }
-            }
-            Err(error) => return infra("could not read the job", &error),
+        let job_ref = JobRef {
+            job_id: record.job_id.clone(),
+            tenant_id: record.tenant_id.clone(),
+            to: to.as_str().to_owned(),
+            reference: job.reference.clone(),
+            message: Some(job.message.clone()),
         };
-        let mut job_ref = JobRef::from_row(&row);
-        job_ref.message = Some(job.message.clone());
-        match row.state.as_str() {
-            "received" => {}
-            "accepted" => {
-                if let (Some(wamid), Some(at)) = (&row.wa_message_id, row.accepted_at)
-                    && let Err(error) = deps
-                        .publish_accepted(&job_ref, wamid, at, row.attempts, trace)
-                        .await
-                {
-                    return infra("could not re-publish outbound.accepted", &error);
-                }
-                return Step::Done(Outcome::Ack);
-            }
-            "sending" => {
-                // A previous delivery crashed mid-call: Meta may have it. Never resend blindly.
-                if let Err(error) = SendJobRow::mark_unknown(&mut conn, tenant_id, new.job_id).await
-                {
-                    return infra("could not mark the outcome unknown", &error);
-                }
-                metrics::counter!("wa_sender_unknown_outcome_total", "tenant" => tenant_id.to_owned()).increment(1);
-                return Step::Done(Outcome::Ack);
-            }
-            _ => return Step::Done(Outcome::Ack),
-        }
 
-        // Final checks that need no Graph call.
-        if let Some(expires_at) = job.expires_at
-            && expires_at.to_utc() <= Utc::now()
+        // Final checks that need no Graph call (and, on the hot path, no database round trip: the
+        // job's state is checked by the claim below). A failing check settles the job only if it
+        // is still `received`: a redelivered job may already have an outcome, which stands.
+        let problem = match self.precheck(&job, &to).await {
+            Ok(problem) => problem,
+            Err(step) => return step,
+        };
+        if let Some(Problem {
+            reason,
+            detail,
+            dead_letter,
+        }) = problem
         {
+            let mut conn = match deps.pool.get().await {
+                Ok(conn) => conn,
+                Err(error) => return infra("database unavailable", &error),
+            };
+            let row = match self
+                .unsettled(&mut conn, &record, &job, &msg.trace_context)
+                .await
+            {
+                Ok(row) => row,
+                Err(step) => return step,
+            };
             return self
                 .fail(
                     &mut conn,
                     &job_ref,
-                    FailureReason::Expired,
+                    reason,
                     None,
-                    "expires_at passed before sending",
+                    &detail,
                     row.attempts,
                     trace,
-                    false,
+                    dead_letter,
                 )
                 .await;
         }
-        if !job.message.content.is_template() {
-            match q::last_inbound(&mut conn, tenant_id, to.digits()).await {
-                Ok(last) => {
-                    let open_since = Utc::now() - chrono::Duration::hours(24)
-                        + chrono::Duration::from_std(deps.send.window_margin).unwrap_or_default();
-                    if last.is_none_or(|at| at < open_since) {
-                        let detail = match last {
-                            None => "no inbound message from this recipient: free-form messages need an open 24-hour window; send a template".to_owned(),
-                            Some(at) => format!("last inbound message at {at} is older than 24 h (with the safety margin); send a template"),
-                        };
-                        return self
-                            .fail(
-                                &mut conn,
-                                &job_ref,
-                                FailureReason::WindowClosed,
-                                None,
-                                &detail,
-                                row.attempts,
-                                trace,
-                                false,
-                            )
-                            .await;
-                    }
-                }
-                Err(error) => return infra("could not read the 24-hour window", &error),
-            }
-        }
-        if let MessageContent::Template { template } = &job.message.content {
-            match ctx
-                .template_status(&mut conn, &template.name, &template.language.code)
-                .await
-            {
-                Ok(Some((status, parameter_count))) => {
-                    let problem = match status.as_str() {
-                        "APPROVED" => None,
-                        "PAUSED" | "DISABLED" => Some((
-                            FailureReason::TemplatePaused,
-                            format!("template {} is {status}", template.name),
-                        )),
-                        other => Some((
-                            FailureReason::TemplateInvalid,
-                            format!("template {} is {other}, not APPROVED", template.name),
-                        )),
-                    };
-                    let problem = problem.or_else(|| {
-                        let given = template.body_parameter_count();
-                        (usize::try_from(parameter_count).ok() != Some(given)).then(|| {
-                            (
-                                FailureReason::TemplateInvalid,
-                                format!("template {} takes {parameter_count} body parameters, the job gives {given}", template.name),
-                            )
-                        })
-                    });
-                    if let Some((reason, detail)) = problem {
-                        return self
-                            .fail(
-                                &mut conn,
-                                &job_ref,
-                                reason,
-                                None,
-                                &detail,
-                                row.attempts,
-                                trace,
-                                true,
-                            )
-                            .await;
-                    }
-                }
-                Ok(None) => {}
-                Err(error) => return infra("could not read the template registry", &error),
-            }
-        }
-        drop(conn);
 
         // Per-recipient pacing (lane held since the start), then a slot of the number's cap.
         let mut body = send_message_body(&to, &job.message);
@@ -262,6 +184,7 @@ impl Dispatcher {
                 serde_json::Value::from(format!("{CALLBACK_PREFIX}{}", job.job_id)),
             );
         }
+        let claim_key = (record.tenant_id.clone(), record.job_id.clone());
         loop {
             if lane.remaining() > MAX_INPROCESS_PAIR_WAIT {
                 let delay = lane.remaining();
@@ -272,36 +195,69 @@ impl Dispatcher {
                 // The supervisor stops this queue; hand the job back (it stays queued).
                 return Step::Done(Outcome::retry_in(Duration::from_secs(4)));
             }
-            // Never hold a pooled connection while waiting for a slot: the limiter needs one.
+            // The claim is taken after the slot is handed out (a slot lead ahead of its instant),
+            // so a crash while waiting for a slot leaves the job `received`, not `unknown`.
             let mut claimed = None;
+            let mut recorded_here = false;
             loop {
-                let Ok(slot) = ctx.limiter.acquire(job.priority).await else {
-                    if claimed.is_some()
-                        && let Ok(mut conn) = deps.pool.get().await
-                    {
-                        let _ = SendJobRow::mark_retryable(&mut conn, tenant_id, new.job_id, None)
-                            .await;
+                let Ok(slot) = ctx
+                    .limiter
+                    .acquire(job.priority, msg.sequence, claimed.is_some())
+                    .await
+                else {
+                    if claimed.is_some() {
+                        self.release(&record.job_id, None).await;
                     }
                     return Step::Done(Outcome::Requeue);
                 };
-                let mut conn = match deps.pool.get().await {
-                    Ok(conn) => conn,
-                    Err(error) => return infra("database unavailable", &error),
-                };
                 if claimed.is_none() {
-                    claimed = match q::claim_for_send(&mut conn, tenant_id, new.job_id).await {
-                        Ok(Some(claim)) => Some(claim),
-                        // Another delivery of the same job got there first; it reports the outcome.
-                        Ok(None) => return Step::Done(Outcome::Ack),
+                    let granted = tokio::time::Instant::now();
+                    match deps.writes.claim.submit(claim_key.clone()).await {
+                        Ok(Some(claim)) => {
+                            ctx.limiter.observe_claim(granted.elapsed());
+                            claimed = Some(claim);
+                        }
+                        Ok(None) => {
+                            // Not `received`: settled, unknown, or never recorded (put on the
+                            // dispatch queue some other way than intake).
+                            let mut conn = match deps.pool.get().await {
+                                Ok(conn) => conn,
+                                Err(error) => return infra("database unavailable", &error),
+                            };
+                            match self
+                                .unsettled(&mut conn, &record, &job, &msg.trace_context)
+                                .await
+                            {
+                                // Recorded just now: claim it with the next slot (once).
+                                Ok(_) if !recorded_here => {
+                                    recorded_here = true;
+                                    continue;
+                                }
+                                Ok(_) => {
+                                    return infra(
+                                        "the job is `received` but could not be claimed",
+                                        &"claim found no row",
+                                    );
+                                }
+                                Err(step) => return step,
+                            }
+                        }
                         Err(error) => return infra("could not claim the job", &error),
-                    };
+                    }
                 }
-                drop(conn);
-                if tokio::time::Instant::now() <= slot + SLOT_TOLERANCE {
+                let tolerance = ctx.limiter.tolerance();
+                let late = if tokio::time::Instant::now() <= slot + tolerance {
                     tokio::time::sleep_until(slot).await;
-                    break;
-                }
-                metrics::counter!("wa_sender_missed_slots_total", "tenant" => tenant_id.to_owned())
+                    // Checked again after the wake-up: on a starved host the task can wake late,
+                    // and a late send bunches with the next slots' sends.
+                    if tokio::time::Instant::now() <= slot + tolerance {
+                        break;
+                    }
+                    "wake_up"
+                } else {
+                    "claim"
+                };
+                metrics::counter!("wa_sender_missed_slots_total", "tenant" => tenant_id.to_owned(), "reason" => late)
                     .increment(1);
             }
             let Some(claimed) = claimed else {
@@ -317,26 +273,23 @@ impl Dispatcher {
                 .send_message(&ctx.tenant.phone_number_id, &ctx.tenant.access_token, &body)
                 .await;
             let attempts = claimed.attempts;
-            let mut conn = match deps.pool.get().await {
-                Ok(conn) => conn,
-                // The row stays `sending`: a redelivery marks it unknown; a status settles it.
-                Err(error) => return infra("database unavailable after the Graph call", &error),
-            };
+            let job_id = record.job_id.as_str();
             match result {
                 SendResult::Accepted { wa_message_id } => {
                     lane.pair_strikes = 0;
                     lane.next_allowed = Some(tokio::time::Instant::now() + deps.send.pair_interval);
                     let now = Utc::now();
-                    let stored = q::record_accepted(
-                        &mut conn,
-                        tenant_id,
-                        new.job_id,
-                        attempts,
-                        &wa_message_id,
-                        now,
-                    )
-                    .await;
-                    drop(conn);
+                    let stored = deps
+                        .writes
+                        .accept
+                        .submit(Accepted {
+                            tenant_id: record.tenant_id.clone(),
+                            job_id: record.job_id.clone(),
+                            attempt: attempts,
+                            wa_message_id: wa_message_id.clone(),
+                            accepted_at: now,
+                        })
+                        .await;
                     if let Err(error) = stored {
                         // Sent but not recorded: the row stays `sending`, so a redelivery marks it
                         // unknown and the status webhook settles it; never resend.
@@ -353,11 +306,15 @@ impl Dispatcher {
                     return Step::Done(Outcome::Ack);
                 }
                 SendResult::Unknown { detail } => {
-                    let _ = SendJobRow::mark_unknown(&mut conn, tenant_id, new.job_id).await;
+                    let mut conn = match self.conn_after_call().await {
+                        Ok(conn) => conn,
+                        Err(step) => return step,
+                    };
+                    let _ = SendJobRow::mark_unknown(&mut conn, tenant_id, job_id).await;
                     let _ = SendJobRow::finish_attempt(
                         &mut conn,
                         tenant_id,
-                        new.job_id,
+                        job_id,
                         attempts,
                         &AttemptResult {
                             http_status: None,
@@ -374,10 +331,14 @@ impl Dispatcher {
                     return Step::Done(Outcome::Ack);
                 }
                 SendResult::NotSent { detail } => {
+                    let mut conn = match self.conn_after_call().await {
+                        Ok(conn) => conn,
+                        Err(step) => return step,
+                    };
                     let _ = SendJobRow::finish_attempt(
                         &mut conn,
                         tenant_id,
-                        new.job_id,
+                        job_id,
                         attempts,
                         &AttemptResult {
                             http_status: None,
@@ -400,6 +361,10 @@ impl Dispatcher {
                     detail,
                     fbtrace_id,
                 } => {
+                    let mut conn = match self.conn_after_call().await {
+                        Ok(conn) => conn,
+                        Err(step) => return step,
+                    };
                     let class = classify(http_status, code);
                     let word = match class {
                         Class::Transient { .. } => "transient",
@@ -409,7 +374,7 @@ impl Dispatcher {
                     let _ = SendJobRow::finish_attempt(
                         &mut conn,
                         tenant_id,
-                        new.job_id,
+                        job_id,
                         attempts,
                         &AttemptResult {
                             http_status: Some(i32::from(http_status)),
@@ -431,8 +396,7 @@ impl Dispatcher {
                         }
                         Class::Auth => {
                             if let Err(error) =
-                                SendJobRow::mark_retryable(&mut conn, tenant_id, new.job_id, code)
-                                    .await
+                                SendJobRow::mark_retryable(&mut conn, tenant_id, job_id, code).await
                             {
                                 return infra("could not release the job", &error);
                             }
@@ -460,8 +424,7 @@ impl Dispatcher {
                                     .await;
                             }
                             if let Err(error) =
-                                SendJobRow::mark_retryable(&mut conn, tenant_id, new.job_id, code)
-                                    .await
+                                SendJobRow::mark_retryable(&mut conn, tenant_id, job_id, code).await
                             {
                                 return infra("could not release the job", &error);
                             }
@@ -483,6 +446,155 @@ impl Dispatcher {
                     }
                 }
             }
+        }
+    }
+
+    /// The checks a job must pass before any Graph call: expiry, the 24-hour window (free-form
+    /// messages) and the template registry. `Ok(None)` when it may be sent; `Err` on an
+    /// infrastructure error.
+    async fn precheck(&self, job: &SendJob, to: &E164) -> Result<Option<Problem>, Step> {
+        let deps = &self.deps;
+        if let Some(expires_at) = job.expires_at
+            && expires_at.to_utc() <= Utc::now()
+        {
+            return Ok(Some(Problem {
+                reason: FailureReason::Expired,
+                detail: "expires_at passed before sending".to_owned(),
+                dead_letter: false,
+            }));
+        }
+        if !job.message.content.is_template() {
+            let open_since = Utc::now() - chrono::Duration::hours(24)
+                + chrono::Duration::from_std(deps.send.window_margin).unwrap_or_default();
+            match self
+                .ctx
+                .last_inbound(&deps.pool, to.digits(), open_since)
+                .await
+            {
+                Ok(last) if last.is_none_or(|at| at < open_since) => {
+                    let detail = match last {
+                        None => "no inbound message from this recipient: free-form messages need an open 24-hour window; send a template".to_owned(),
+                        Some(at) => format!("last inbound message at {at} is older than 24 h (with the safety margin); send a template"),
+                    };
+                    return Ok(Some(Problem {
+                        reason: FailureReason::WindowClosed,
+                        detail,
+                        dead_letter: false,
+                    }));
+                }
+                Ok(_) => {}
+                Err(error) => return Err(infra("could not read the 24-hour window", &error)),
+            }
+        }
+        if let MessageContent::Template { template } = &job.message.content {
+            match self
+                .ctx
+                .template_status(&deps.pool, &template.name, &template.language.code)
+                .await
+            {
+                Ok(Some((status, parameter_count))) => {
+                    let problem = match status.as_str() {
+                        "APPROVED" => None,
+                        "PAUSED" | "DISABLED" => Some((
+                            FailureReason::TemplatePaused,
+                            format!("template {} is {status}", template.name),
+                        )),
+                        other => Some((
+                            FailureReason::TemplateInvalid,
+                            format!("template {} is {other}, not APPROVED", template.name),
+                        )),
+                    };
+                    let problem = problem.or_else(|| {
+                        let given = template.body_parameter_count();
+                        (usize::try_from(parameter_count).ok() != Some(given)).then(|| {
+                            (
+                                FailureReason::TemplateInvalid,
+                                format!("template {} takes {parameter_count} body parameters, the job gives {given}", template.name),
+                            )
+                        })
+                    });
+                    if let Some((reason, detail)) = problem {
+                        return Ok(Some(Problem {
+                            reason,
+                            detail,
+                            dead_letter: true,
+                        }));
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => return Err(infra("could not read the template registry", &error)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The job's row when it is still `received` (recording it when intake did not, e.g. a job
+    /// put on the dispatch queue by hand). Otherwise the job already has an outcome or may have
+    /// one, and this settles the delivery without a Graph call: `accepted` re-publishes its
+    /// outcome (the crash may have come before the publish); `sending` means a previous delivery
+    /// crashed mid-call, so the outcome is marked unknown (never resent blindly); `failed` and
+    /// `unknown` are acked.
+    async fn unsettled(
+        &self,
+        conn: &mut wa_db::AsyncPgConnection,
+        record: &JobRecord,
+        job: &SendJob,
+        trace: &opentelemetry::Context,
+    ) -> Result<SendJobRow, Step> {
+        let tenant_id = record.tenant_id.as_str();
+        let job_id = record.job_id.as_str();
+        let row = match SendJobRow::get(conn, tenant_id, job_id).await {
+            Ok(row) => row,
+            Err(diesel::result::Error::NotFound) => {
+                match SendJobRow::insert_or_get(conn, &record.as_new()).await {
+                    Ok(row) => row,
+                    Err(error) => return Err(infra("could not record the job", &error)),
+                }
+            }
+            Err(error) => return Err(infra("could not read the job", &error)),
+        };
+        match row.state.as_str() {
+            "received" => Ok(row),
+            "accepted" => {
+                let mut job_ref = JobRef::from_row(&row);
+                job_ref.message = Some(job.message.clone());
+                if let (Some(wamid), Some(at)) = (&row.wa_message_id, row.accepted_at)
+                    && let Err(error) = self
+                        .deps
+                        .publish_accepted(&job_ref, wamid, at, row.attempts, Some(trace.clone()))
+                        .await
+                {
+                    return Err(infra("could not re-publish outbound.accepted", &error));
+                }
+                Err(Step::Done(Outcome::Ack))
+            }
+            "sending" => {
+                // A previous delivery crashed mid-call: Meta may have it. Never resend blindly.
+                if let Err(error) = SendJobRow::mark_unknown(conn, tenant_id, job_id).await {
+                    return Err(infra("could not mark the outcome unknown", &error));
+                }
+                metrics::counter!("wa_sender_unknown_outcome_total", "tenant" => tenant_id.to_owned()).increment(1);
+                Err(Step::Done(Outcome::Ack))
+            }
+            _ => Err(Step::Done(Outcome::Ack)),
+        }
+    }
+
+    /// A connection to record how a failed call ended; without one the row stays `sending`, so
+    /// a redelivery marks it unknown and a status webhook settles it (never resent blindly).
+    async fn conn_after_call(&self) -> Result<wa_db::PooledConn, Step> {
+        self.deps
+            .pool
+            .get()
+            .await
+            .map_err(|error| infra("database unavailable after the Graph call", &error))
+    }
+
+    /// Hands a claimed job back (`sending` → `received`) when it will not be sent now.
+    async fn release(&self, job_id: &str, code: Option<i64>) {
+        if let Ok(mut conn) = self.deps.pool.get().await {
+            let _ = SendJobRow::mark_retryable(&mut conn, &self.ctx.tenant.tenant_id, job_id, code)
+                .await;
         }
     }
 

@@ -13,8 +13,9 @@ use wa_common::contracts::send_job::SendJob;
 use wa_common::decode;
 use wa_common::phone::E164;
 use wa_common::topology::{exchange, sender_dispatch_queue};
-use wa_db::models::sender::{NewSendJob, SendJobRow};
+use wa_db::models::sender::SendJobRow;
 
+use crate::batch::JobRecord;
 use crate::deps::{Deps, JobRef};
 use crate::sequencer::Sequencer;
 
@@ -135,65 +136,68 @@ impl Handler for Intake {
             job_ref.to = to.as_str().to_owned();
         }
 
-        let row = {
-            let mut conn = match deps.pool.get().await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(error = %error, "database unavailable; retrying");
-                    return Outcome::retry_in(INFRA_RETRY);
-                }
-            };
-            let new = NewSendJob {
-                tenant_id: job.tenant_id.as_str(),
-                job_id: job.job_id.as_str(),
-                to_e164: to.as_ref().map(E164::as_str),
-                priority: job.priority.as_str(),
-                message_type: job.message.content.type_name(),
-                reference_kind: job.reference.as_ref().map(|r| r.kind.as_str()),
-                reference_id: job.reference.as_ref().map(|r| r.id.as_str()),
-                expires_at: job.expires_at.map(|at| at.to_utc()),
-            };
-            let row = match SendJobRow::insert_or_get(&mut conn, &new).await {
+        let record = JobRecord {
+            tenant_id: job.tenant_id.as_str().to_owned(),
+            job_id: job.job_id.as_str().to_owned(),
+            to_e164: to.as_ref().map(|to| to.as_str().to_owned()),
+            priority: job.priority.as_str(),
+            message_type: job.message.content.type_name(),
+            reference_kind: job.reference.as_ref().map(|r| r.kind.clone()),
+            reference_id: job.reference.as_ref().map(|r| r.id.clone()),
+            expires_at: job.expires_at.map(|at| at.to_utc()),
+        };
+        // Batched with the other jobs being taken in (one statement for many).
+        let row = match deps.writes.record.submit(record.clone()).await {
+            Ok(Some(row)) => row,
+            // Inserted by another transaction at the same instant: read it on its own.
+            Ok(None) => match insert_or_get(deps, &record).await {
                 Ok(row) => row,
                 Err(error) => {
                     tracing::warn!(error = %error, "could not record the job; retrying");
                     return Outcome::retry_in(INFRA_RETRY);
                 }
-            };
-            if to.is_none() && row.state == "received" {
-                let detail = "`to` is not a phone number";
-                if let Err(error) = SendJobRow::mark_failed(
+            },
+            Err(error) => {
+                tracing::warn!(error = %error, "could not record the job; retrying");
+                return Outcome::retry_in(INFRA_RETRY);
+            }
+        };
+        if to.is_none() && row.state == "received" {
+            let detail = "`to` is not a phone number";
+            let marked = match deps.pool.get().await {
+                Ok(mut conn) => SendJobRow::mark_failed(
                     &mut conn,
-                    new.tenant_id,
-                    new.job_id,
+                    &record.tenant_id,
+                    &record.job_id,
                     "invalid_recipient",
                     None,
                     detail,
                 )
                 .await
-                {
-                    tracing::warn!(error = %error, "could not record the failure; retrying");
-                    return Outcome::retry_in(INFRA_RETRY);
-                }
-                if let Err(e) = deps
-                    .publish_failed(
-                        &job_ref,
-                        FailureReason::InvalidRecipient,
-                        None,
-                        detail,
-                        0,
-                        trace,
-                        true,
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not publish outbound.failed; retrying");
-                    return Outcome::retry_in(INFRA_RETRY);
-                }
-                return Outcome::dead_letter("invalid_recipient", detail);
+                .map_err(anyhow::Error::from),
+                Err(error) => Err(anyhow::Error::from(error)),
+            };
+            if let Err(error) = marked {
+                tracing::warn!(error = %error, "could not record the failure; retrying");
+                return Outcome::retry_in(INFRA_RETRY);
             }
-            row
-        };
+            if let Err(e) = deps
+                .publish_failed(
+                    &job_ref,
+                    FailureReason::InvalidRecipient,
+                    None,
+                    detail,
+                    0,
+                    trace,
+                    true,
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "could not publish outbound.failed; retrying");
+                return Outcome::retry_in(INFRA_RETRY);
+            }
+            return Outcome::dead_letter("invalid_recipient", detail);
+        }
         match row.state.as_str() {
             "received" => {}
             "accepted" => {
@@ -237,4 +241,9 @@ impl Handler for Intake {
             }
         }
     }
+}
+
+async fn insert_or_get(deps: &Deps, record: &JobRecord) -> anyhow::Result<SendJobRow> {
+    let mut conn = deps.pool.get().await?;
+    Ok(SendJobRow::insert_or_get(&mut conn, &record.as_new()).await?)
 }

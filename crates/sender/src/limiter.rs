@@ -8,33 +8,54 @@
 //! no second holds more than `rate` sends; the small margin absorbs network jitter between us and
 //! Meta's own sliding window.
 //!
-//! Slots are reserved at least [`SLOT_LEAD`] in the future and handed out that early, so the job
-//! is claimed in the database before its slot and the Graph call starts on time; a send that still
-//! misses its slot by more than [`SLOT_TOLERANCE`] takes a new slot instead of bunching up.
+//! Slots are reserved at least a lead in the future and handed out that early (see
+//! [`SLOT_LEAD`]), so the job is claimed in the database before its slot and the Graph call starts
+//! on time; a send that still misses its slot by more than [`RateLimiter::tolerance`] takes a new
+//! slot instead of bunching up, as a *prepared* waiter (served first, [`PREPARED_LEAD`] ahead).
 //!
-//! In the process, one pump per number reserves slots in small batches (≤ 250 ms worth, so one
-//! round trip serves many sends at high rates) and hands each slot, when its time comes, to the
-//! highest-priority waiter (`interactive` before `transactional` before `bulk`, then FIFO). A slot
-//! with no waiter left is simply unused: the cap is never exceeded, only under-used.
+//! In the process, one pump per number reserves slots in batches (≤ 250 ms worth, so one round
+//! trip serves many sends at high rates), the next batch while the current one is being handed out,
+//! and hands each slot, when its time comes, to the most urgent waiter (prepared, then
+//! `interactive` before `transactional` before `bulk`, then publish order). A slot with no waiter
+//! left is simply unused: the cap is never exceeded, only under-used.
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wa_common::contracts::send_job::Priority;
 use wa_db::PgPool;
 
-/// At most how long before its slot a send is handed out (four slot intervals when shorter), to claim the job in the database first: the
-/// Graph call then starts on time, not a database round trip late.
+/// How long before its slot a send is handed out, at low rates: four slot intervals, within
+/// [`MIN_LEAD`] and this. The send claims the job in the database meanwhile (one batched round
+/// trip, a commit), so the Graph call starts on time, not a round trip late. When claims take
+/// longer (a busy database, big batches at high rates) the lead grows to twice their recent
+/// average, up to [`MAX_LEAD`]: a claim slower than the lead (plus the tolerance) wastes the
+/// slot and makes the send wait for another.
 pub const SLOT_LEAD: Duration = Duration::from_millis(50);
-/// A send that could not start within this much after its slot gives the slot up and takes a new
+/// Shortest lead (high rates, where four intervals are a few milliseconds).
+pub const MIN_LEAD: Duration = Duration::from_millis(20);
+/// Longest lead the claim latency can push it to.
+pub const MAX_LEAD: Duration = Duration::from_millis(250);
+/// Lead of a send whose job is already claimed (it missed its first slot): a timer tick and a
+/// wake-up.
+pub const PREPARED_LEAD: Duration = Duration::from_millis(2);
+/// A send that could not start within this much after its slot (or half the margin's jitter
+/// budget, when that is more: see [`RateLimiter::tolerance`]) gives the slot up and takes a new
 /// one: a late send could otherwise land in the next second together with that second's own sends.
 pub const SLOT_TOLERANCE: Duration = Duration::from_millis(5);
+
+/// The next batch of slots is reserved this long (plus the lead) before the reserved ones run
+/// out, so the reservation's round trip (on a dedicated connection) never leaves a gap.
+pub const REFILL_AHEAD: Duration = Duration::from_millis(100);
+/// Pause after a failed reservation.
+const RESERVE_RETRY: Duration = Duration::from_millis(200);
 
 /// Granularity of tokio's timer.
 const TIMER_TICK: Duration = Duration::from_millis(1);
@@ -49,15 +70,21 @@ struct Inner {
     key: String,
     phone_number_id: String,
     interval: Duration,
-    lead: Duration,
+    /// How late after its slot a send may still start.
+    tolerance: Duration,
+    /// The lead before any claim latency is known (see [`SLOT_LEAD`]).
+    base_lead: Duration,
+    /// Recent average time from a send getting its slot to its job being claimed, in µs.
+    claim_us: AtomicU64,
     batch_max: usize,
     pool: PgPool,
     waiters: Mutex<BinaryHeap<Waiter>>,
     wake: Notify,
-    seq: AtomicU64,
 }
 
 struct Waiter {
+    /// Its job is claimed already (it missed a slot): it needs no lead and goes first.
+    prepared: bool,
     rank: u8,
     seq: u64,
     tx: oneshot::Sender<Instant>,
@@ -65,7 +92,7 @@ struct Waiter {
 
 impl PartialEq for Waiter {
     fn eq(&self, other: &Self) -> bool {
-        self.rank == other.rank && self.seq == other.seq
+        self.cmp(other) == CmpOrdering::Equal
     }
 }
 impl Eq for Waiter {}
@@ -75,11 +102,12 @@ impl PartialOrd for Waiter {
     }
 }
 impl Ord for Waiter {
-    // BinaryHeap pops the greatest: lowest rank (most urgent), then lowest sequence.
+    // BinaryHeap pops the greatest: prepared first, then the lowest rank (most urgent), then the
+    // lowest sequence.
     fn cmp(&self, other: &Self) -> CmpOrdering {
-        other
-            .rank
-            .cmp(&self.rank)
+        self.prepared
+            .cmp(&other.prepared)
+            .then_with(|| other.rank.cmp(&self.rank))
             .then_with(|| other.seq.cmp(&self.seq))
     }
 }
@@ -117,30 +145,65 @@ impl RateLimiter {
                 key: format!("sender:{phone_number_id}"),
                 phone_number_id: phone_number_id.to_owned(),
                 interval,
-                // Four slots ahead at most: enough for the claim, no latency at high rates.
-                lead: (interval * 4).min(SLOT_LEAD),
+                // With slots `(1 + margin)/rate` apart, two sends a second apart may be delayed
+                // differently by up to `margin × 1 s` before a second holds `rate + 1` of them;
+                // our own lateness takes at most half of that, the network and Meta the rest.
+                tolerance: SLOT_TOLERANCE.max(Duration::from_secs_f64(
+                    f64::from(margin_permille) / 1000.0 / 2.0,
+                )),
+                base_lead: (interval * 4).clamp(MIN_LEAD, SLOT_LEAD),
+                claim_us: AtomicU64::new(0),
                 batch_max,
                 pool,
                 waiters: Mutex::new(BinaryHeap::new()),
                 wake: Notify::new(),
-                seq: AtomicU64::new(0),
             }),
         }
     }
 
-    /// Waits for a send slot; more urgent priorities are served first. Returns the slot's instant,
-    /// [`SLOT_LEAD`] ahead at most: prepare the send, then start it at (not before, and not more
-    /// than [`SLOT_TOLERANCE`] after) that instant.
-    pub async fn acquire(&self, priority: Priority) -> Result<Instant, LimiterStopped> {
+    /// Waits for a send slot; more urgent priorities are served first, then the lowest `order`
+    /// (the delivery's position in its queue, so a priority's jobs go out in publish order
+    /// although their handlers reach the limiter in any order). Returns the slot's instant, one
+    /// lead ahead at most: prepare the send, then start it at (not before, and not more than
+    /// [`RateLimiter::tolerance`] after) that instant.
+    ///
+    /// `prepared`: the job is claimed already (the send missed its slot and needs another). Such
+    /// sends get slots first and only [`PREPARED_LEAD`] ahead, since nothing is left to do
+    /// before the call.
+    pub async fn acquire(
+        &self,
+        priority: Priority,
+        order: u64,
+        prepared: bool,
+    ) -> Result<Instant, LimiterStopped> {
         let (tx, rx) = oneshot::channel();
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         self.lock().push(Waiter {
+            prepared,
             rank: rank(priority),
-            seq,
+            seq: order,
             tx,
         });
         self.inner.wake.notify_one();
         rx.await.map_err(|_| LimiterStopped)
+    }
+
+    /// How late after its slot a send may still start; later, it must give the slot up and
+    /// acquire another.
+    pub fn tolerance(&self) -> Duration {
+        self.inner.tolerance
+    }
+
+    /// Reports how long a send took from getting its slot to having its job claimed; the lead
+    /// follows the recent average (see [`SLOT_LEAD`]).
+    pub fn observe_claim(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .inner
+            .claim_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                // Exponential moving average over roughly the last eight claims.
+                Some(avg - avg / 8 + took / 8)
+            });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Waiter>> {
@@ -151,80 +214,183 @@ impl RateLimiter {
     }
 
     /// The pump: reserves slots in PostgreSQL and hands them out until `shutdown`.
+    ///
+    /// The next batch of slots is reserved while the current one is still being handed out (as
+    /// soon as the reserved slots end less than [`REFILL_AHEAD`] plus the lead from now), so the
+    /// database round trip never opens a gap in the schedule while sends are waiting.
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = &self.inner;
-        let mut granted_in_second: std::collections::VecDeque<Instant> =
-            std::collections::VecDeque::new();
+        let mut reserved: VecDeque<Instant> = VecDeque::new();
+        let mut reserving: Option<JoinHandle<anyhow::Result<(Instant, usize)>>> = None;
+        let mut retry_at: Option<Instant> = None;
+        let mut last_slot: Option<Instant> = None;
+        let mut granted_in_second: VecDeque<Instant> = VecDeque::new();
+        let rate_gauge = metrics::gauge!("wa_sender_rate_per_second", "phone_number_id" => inner.phone_number_id.clone());
+        let unused = metrics::counter!("wa_sender_unused_slots_total", "phone_number_id" => inner.phone_number_id.clone());
         loop {
+            let now = Instant::now();
+            // A slot whose instant passed unused is gone: the cap is only ever under-used.
+            while reserved.front().is_some_and(|slot| *slot < now) {
+                reserved.pop_front();
+                unused.increment(1);
+            }
+            // Hand out every slot whose hand-out time has come, most urgent waiter first. Handing a
+            // slot out up to a timer tick early is harmless (its waiter still starts at the slot);
+            // sleeping for every sub-millisecond slot would cap us near 1,000/s.
+            while let Some(&slot) = reserved.front() {
+                let Some(lead) = self.next_lead() else {
+                    break;
+                };
+                if slot.checked_sub(lead).unwrap_or(slot) > now + TIMER_TICK {
+                    break;
+                }
+                if !self.hand_out(slot) {
+                    break;
+                }
+                reserved.pop_front();
+                granted_in_second.push_back(now);
+                while granted_in_second
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                {
+                    granted_in_second.pop_front();
+                }
+                rate_gauge.set(granted_in_second.len() as f64);
+            }
+            // Reserve more when sends wait beyond the reserved slots and those run out soon.
             let waiting = self.lock().len();
-            if waiting == 0 {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = inner.wake.notified() => continue,
-                }
+            let wanted = waiting.saturating_sub(reserved.len());
+            if wanted > 0
+                && reserving.is_none()
+                && retry_at.is_none_or(|at| at <= now)
+                && reserved
+                    .back()
+                    .is_none_or(|last| *last < now + inner.lead() + REFILL_AHEAD)
+            {
+                retry_at = None;
+                let count = wanted.min(inner.batch_max);
+                // Slots for claimed sends only need the short lead.
+                let lead = if self.lock().iter().all(|w| w.prepared) {
+                    PREPARED_LEAD
+                } else {
+                    inner.lead()
+                };
+                reserving = Some(tokio::spawn(reserve(self.inner.clone(), count, lead)));
             }
-            let count = waiting.min(inner.batch_max);
-            let first_delay = match self.reserve(count).await {
-                Ok(delay) => delay,
-                Err(error) => {
-                    tracing::warn!(error = %error, phone_number_id = %inner.phone_number_id, "rate slot reservation failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    }
-                }
+            // Sleep until the next thing to do: a hand-out (or, with nobody waiting, the front
+            // slot's expiry), the reservation's answer, a retry, or a new waiter.
+            let next_hand_out = reserved.front().map(|slot| match self.next_lead() {
+                Some(lead) => slot.checked_sub(lead).unwrap_or(*slot),
+                None => *slot,
+            });
+            let next_retry = retry_at.filter(|_| wanted > 0);
+            let wake_at = match (next_hand_out, next_retry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            let start = Instant::now() + first_delay;
-            for i in 0..count {
-                let slot = start + inner.interval * u32::try_from(i).unwrap_or(u32::MAX);
-                let hand_out = slot.checked_sub(inner.lead).unwrap_or(slot);
-                // Handing a slot out up to a timer tick early is harmless (its waiter still starts
-                // at the slot); sleeping for every sub-millisecond slot would cap us near 1,000/s.
-                if hand_out > Instant::now() + TIMER_TICK {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep_until(hand_out) => {}
-                    }
-                }
-                // Hand the slot to the most urgent waiter still listening.
-                loop {
-                    let Some(waiter) = self.lock().pop() else {
-                        break;
-                    };
-                    if waiter.tx.send(slot).is_ok() {
-                        let now = Instant::now();
-                        granted_in_second.push_back(now);
-                        while granted_in_second
-                            .front()
-                            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-                        {
-                            granted_in_second.pop_front();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = inner.wake.notified() => {}
+                () = sleep_until_some(wake_at) => {}
+                answer = join_some(&mut reserving) => {
+                    reserving = None;
+                    match answer {
+                        Ok((start, count)) => {
+                            // Our reading of the database's instants is off by a varying fraction
+                            // of a round trip: never put two of our slots closer than an interval.
+                            let start = last_slot.map_or(start, |last| start.max(last + inner.interval));
+                            for i in 0..count {
+                                let slot = start + inner.interval * u32::try_from(i).unwrap_or(u32::MAX);
+                                reserved.push_back(slot);
+                                last_slot = Some(slot);
+                            }
                         }
-                        metrics::gauge!("wa_sender_rate_per_second", "phone_number_id" => inner.phone_number_id.clone())
-                            .set(granted_in_second.len() as f64);
-                        break;
+                        Err(error) => {
+                            tracing::warn!(error = %error, phone_number_id = %inner.phone_number_id, "rate slot reservation failed; retrying");
+                            retry_at = Some(Instant::now() + RESERVE_RETRY);
+                        }
                     }
                 }
             }
+        }
+        if let Some(task) = reserving {
+            task.abort();
         }
         // Wake every waiter with an error (their sender is dropped).
         self.lock().clear();
     }
 
-    async fn reserve(&self, count: usize) -> anyhow::Result<Duration> {
-        let mut conn = self.inner.pool.get().await?;
-        let interval_us = i64::try_from(self.inner.interval.as_micros()).unwrap_or(i64::MAX);
-        let lead_us = i64::try_from(self.inner.lead.as_micros()).unwrap_or(0);
-        let delay_secs = wa_db::models::sender::reserve_rate_slots(
-            &mut conn,
-            &self.inner.key,
-            interval_us,
-            i64::try_from(count).unwrap_or(1),
-            lead_us,
-        )
-        .await?;
-        Ok(Duration::from_secs_f64(delay_secs.max(0.0)))
+    /// How long before a slot the next waiter must get it: [`PREPARED_LEAD`] for a claimed send,
+    /// the lead otherwise; `None` when nobody waits.
+    fn next_lead(&self) -> Option<Duration> {
+        let waiters = self.lock();
+        let next = waiters.peek()?;
+        Some(if next.prepared {
+            PREPARED_LEAD
+        } else {
+            self.inner.lead()
+        })
     }
+
+    /// Gives `slot` to the most urgent waiter still listening; false when nobody waits.
+    fn hand_out(&self, slot: Instant) -> bool {
+        loop {
+            let Some(waiter) = self.lock().pop() else {
+                return false;
+            };
+            if waiter.tx.send(slot).is_ok() {
+                return true;
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The reservation's answer; pending forever when none is in flight.
+async fn join_some(
+    task: &mut Option<JoinHandle<anyhow::Result<(Instant, usize)>>>,
+) -> anyhow::Result<(Instant, usize)> {
+    match task {
+        Some(task) => task.await?,
+        None => std::future::pending().await,
+    }
+}
+
+impl Inner {
+    /// The current lead: the base one, or twice the recent claim time when longer (bounded).
+    fn lead(&self) -> Duration {
+        let claims = Duration::from_micros(self.claim_us.load(Ordering::Relaxed).saturating_mul(2));
+        self.base_lead.max(claims).min(MAX_LEAD)
+    }
+}
+
+/// Reserves `count` slots; answers the first slot's instant on our clock and the count.
+async fn reserve(
+    inner: Arc<Inner>,
+    count: usize,
+    lead: Duration,
+) -> anyhow::Result<(Instant, usize)> {
+    let mut conn = inner.pool.get().await?;
+    let interval_us = i64::try_from(inner.interval.as_micros()).unwrap_or(i64::MAX);
+    let lead_us = i64::try_from(lead.as_micros()).unwrap_or(0);
+    let delay_secs = wa_db::models::sender::reserve_rate_slots(
+        &mut conn,
+        &inner.key,
+        interval_us,
+        i64::try_from(count).unwrap_or(1),
+        lead_us,
+    )
+    .await?;
+    Ok((
+        Instant::now() + Duration::from_secs_f64(delay_secs.max(0.0)),
+        count,
+    ))
 }
 
 #[cfg(test)]
@@ -232,14 +398,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn waiters_pop_by_priority_then_arrival() {
+    fn waiters_pop_claimed_first_then_by_priority_then_arrival() {
         let mut heap = BinaryHeap::new();
-        for (rank, seq) in [(2, 0), (1, 1), (0, 2), (1, 3), (0, 4)] {
+        for (prepared, rank, seq) in [
+            (false, 2, 0),
+            (false, 1, 1),
+            (false, 0, 2),
+            (false, 1, 3),
+            (false, 0, 4),
+            (true, 2, 5),
+        ] {
             let (tx, _rx) = oneshot::channel();
-            heap.push(Waiter { rank, seq, tx });
+            heap.push(Waiter {
+                prepared,
+                rank,
+                seq,
+                tx,
+            });
         }
         let order: Vec<(u8, u64)> =
             std::iter::from_fn(|| heap.pop().map(|w| (w.rank, w.seq))).collect();
-        assert_eq!(order, vec![(0, 2), (0, 4), (1, 1), (1, 3), (2, 0)]);
+        assert_eq!(order, vec![(2, 5), (0, 2), (0, 4), (1, 1), (1, 3), (2, 0)]);
     }
 }

@@ -15,12 +15,18 @@ use wa_service::health::{HealthServer, Readiness, install_metrics};
 
 use crate::clients::graph::GraphClient;
 use crate::config::Config;
-use crate::deps::{Deps, TenantCtx};
+use crate::deps::{Deps, TenantCtx, WindowCache, Writes};
 use crate::dispatch::Dispatcher;
 use crate::events::{StatusSettler, WindowTracker, run_settler};
 use crate::intake::Intake;
 use crate::lanes::Lanes;
 use crate::limiter::RateLimiter;
+
+/// Connections reserved for the rate limiters' slot reservations (shared by every number).
+const LIMITER_POOL_SIZE: usize = 2;
+
+/// Pool connections opened at start: the hot path's batched writes use a few at a time.
+const WARM_CONNECTIONS: usize = 4;
 
 /// A built sender, ready to run.
 pub struct App {
@@ -65,10 +71,19 @@ impl App {
                 .await?;
             }
         }
+        // The limiter's reservations get connections of their own: a busy pool must never delay
+        // the slot schedule (a late reservation is a gap in the number's sending).
+        let limiter_pool = wa_db::build_pool(&config.database_url, LIMITER_POOL_SIZE)?;
+        // Connect now, not while the first jobs wait.
+        warm_up(&pool, WARM_CONNECTIONS.min(config.db_pool_size)).await?;
+        warm_up(&limiter_pool, 1).await?;
         let mut tenants = HashMap::new();
         for tenant in config.tenants.iter() {
+            // For dashboards and alerts: the cap every replica enforces for this number.
+            metrics::gauge!("wa_sender_rate_cap_per_second", "phone_number_id" => tenant.phone_number_id.clone())
+                .set(f64::from(config.send.rate_per_second));
             let limiter = RateLimiter::new(
-                pool.clone(),
+                limiter_pool.clone(),
                 &tenant.phone_number_id,
                 config.send.rate_per_second,
                 config.send.rate_margin_permille,
@@ -82,10 +97,13 @@ impl App {
                     paused: AtomicBool::new(false),
                     pause_notify: tokio::sync::Notify::new(),
                     templates: std::sync::Mutex::default(),
+                    template_fetch: tokio::sync::Mutex::default(),
+                    windows: WindowCache::default(),
                 }),
             );
         }
         let deps = Arc::new(Deps {
+            writes: Writes::start(&pool),
             pool,
             publisher,
             graph: GraphClient::new(&config.graph)?,
@@ -121,10 +139,12 @@ impl App {
 
         let mut consumer_health = Vec::new();
         let shared_queues: [(&str, u16, usize); 3] = [
+            // Intake handlers mostly wait on two commits (the batched insert and the dispatch
+            // publish's confirm), so it needs as many in flight as dispatch to keep up with it.
             (
                 queue::SENDER_SEND,
                 config.consumer.prefetch,
-                config.consumer.concurrency.min(64),
+                config.consumer.concurrency,
             ),
             (queue::SENDER_INBOUND, 100, 16),
             (queue::SENDER_STATUS, 100, 16),
@@ -361,6 +381,15 @@ async fn supervise_tenant(
             return Err(error.into());
         }
     }
+}
+
+/// Opens `connections` pooled connections (they stay in the pool).
+async fn warm_up(pool: &wa_db::PgPool, connections: usize) -> anyhow::Result<()> {
+    let mut held = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        held.push(pool.get().await?);
+    }
+    Ok(())
 }
 
 async fn watch_readiness(

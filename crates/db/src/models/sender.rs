@@ -4,13 +4,13 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::schema::{customer_windows, send_attempts, send_jobs, templates, tenants};
 
 /// A `send_jobs` row.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = send_jobs, check_for_backend(diesel::pg::Pg))]
 pub struct SendJobRow {
     /// The job's tenant.
@@ -321,6 +321,143 @@ pub async fn claim_for_send(
     .get_result(conn)
     .await
     .optional()
+}
+
+/// [`SendJobRow::insert_or_get`] for many jobs in one round trip (intake's hot path): inserts the
+/// ones not recorded yet and returns the stored row of every `(tenant_id, job_id)` given, in no
+/// particular order (one row per distinct key). A key whose row is being inserted by another
+/// transaction at the same moment may be missing from the answer: callers look those up again.
+pub async fn record_send_jobs(
+    conn: &mut AsyncPgConnection,
+    jobs: &[NewSendJob<'_>],
+) -> QueryResult<Vec<SendJobRow>> {
+    // `inserted` and the existing rows come from one snapshot: a row is either inserted by this
+    // statement (and returned by it) or was there before (and found by the second branch).
+    diesel::sql_query(
+        "WITH input AS ( \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                  $6::text[], $7::text[], $8::timestamptz[]) \
+                 AS i(tenant_id, job_id, to_e164, priority, message_type, reference_kind, reference_id, expires_at)), \
+         inserted AS ( \
+             INSERT INTO send_jobs (tenant_id, job_id, to_e164, priority, message_type, reference_kind, reference_id, expires_at) \
+             SELECT tenant_id, job_id, to_e164, priority, message_type, reference_kind, reference_id, expires_at FROM input \
+             ON CONFLICT (tenant_id, job_id) DO NOTHING \
+             RETURNING *) \
+         SELECT * FROM inserted \
+         UNION ALL \
+         SELECT s.* FROM send_jobs s \
+         WHERE (s.tenant_id, s.job_id) IN (SELECT tenant_id, job_id FROM input) \
+           AND NOT EXISTS (SELECT 1 FROM inserted n WHERE n.tenant_id = s.tenant_id AND n.job_id = s.job_id)",
+    )
+    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.tenant_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.job_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(jobs.iter().map(|j| j.to_e164).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(jobs.iter().map(|j| j.message_type).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(jobs.iter().map(|j| j.reference_kind).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(jobs.iter().map(|j| j.reference_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Timestamptz>>, _>(jobs.iter().map(|j| j.expires_at).collect::<Vec<_>>())
+    .load(conn)
+    .await
+}
+
+/// One job claimed by [`claim_many_for_send`].
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ClaimedJob {
+    /// The job's tenant.
+    #[diesel(sql_type = Text)]
+    pub tenant_id: String,
+    /// The job.
+    #[diesel(sql_type = Text)]
+    pub job_id: String,
+    /// Graph calls including the one about to be made.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// First intake of the job.
+    #[diesel(sql_type = Timestamptz)]
+    pub first_seen_at: DateTime<Utc>,
+}
+
+/// [`claim_for_send`] for many jobs in one round trip (dispatch's hot path, batched across
+/// concurrent sends): each `(tenant_id, job_id)` still `received` moves to `sending` with
+/// `attempts + 1` and an open attempt row. Returns the jobs claimed; a key given twice is claimed
+/// once (one row), so callers must hand the claim to one of its requesters only.
+pub async fn claim_many_for_send(
+    conn: &mut AsyncPgConnection,
+    keys: &[(&str, &str)],
+) -> QueryResult<Vec<ClaimedJob>> {
+    diesel::sql_query(
+        "WITH input AS (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS i(tenant_id, job_id)), \
+         claimed AS ( \
+             UPDATE send_jobs s SET state = 'sending', attempts = s.attempts + 1, sending_started_at = now() \
+             FROM input i \
+             WHERE s.tenant_id = i.tenant_id AND s.job_id = i.job_id AND s.state = 'received' \
+             RETURNING s.tenant_id, s.job_id, s.attempts, s.first_seen_at), \
+         opened AS ( \
+             INSERT INTO send_attempts (tenant_id, job_id, attempt) \
+             SELECT tenant_id, job_id, attempts FROM claimed) \
+         SELECT tenant_id, job_id, attempts, first_seen_at FROM claimed",
+    )
+    .bind::<Array<Text>, _>(keys.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(keys.iter().map(|(_, j)| *j).collect::<Vec<_>>())
+    .load(conn)
+    .await
+}
+
+/// One accepted send for [`record_many_accepted`].
+#[derive(Debug, Clone)]
+pub struct AcceptedSend<'a> {
+    /// The job's tenant.
+    pub tenant_id: &'a str,
+    /// The job.
+    pub job_id: &'a str,
+    /// The attempt Meta accepted.
+    pub attempt: i32,
+    /// Meta's message id.
+    pub wa_message_id: &'a str,
+    /// When Meta answered.
+    pub accepted_at: DateTime<Utc>,
+}
+
+/// A job key returned by the batched statements.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, QueryableByName)]
+pub struct JobKey {
+    /// The job's tenant.
+    #[diesel(sql_type = Text)]
+    pub tenant_id: String,
+    /// The job.
+    #[diesel(sql_type = Text)]
+    pub job_id: String,
+}
+
+/// [`record_accepted`] for many sends in one round trip: stores each wamid (from `sending` or
+/// `unknown`) and closes its attempt row. Returns the jobs this call moved to `accepted`.
+pub async fn record_many_accepted(
+    conn: &mut AsyncPgConnection,
+    sends: &[AcceptedSend<'_>],
+) -> QueryResult<Vec<JobKey>> {
+    diesel::sql_query(
+        "WITH input AS ( \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[]) \
+                 AS i(tenant_id, job_id, attempt, wa_message_id, accepted_at)), \
+         accepted AS ( \
+             UPDATE send_jobs s SET state = 'accepted', wa_message_id = i.wa_message_id, accepted_at = i.accepted_at \
+             FROM input i \
+             WHERE s.tenant_id = i.tenant_id AND s.job_id = i.job_id AND s.state IN ('sending', 'unknown') \
+             RETURNING s.tenant_id, s.job_id), \
+         closed AS ( \
+             UPDATE send_attempts a SET finished_at = now(), http_status = 200, outcome = 'accepted' \
+             FROM input i \
+             WHERE a.tenant_id = i.tenant_id AND a.job_id = i.job_id AND a.attempt = i.attempt) \
+         SELECT tenant_id, job_id FROM accepted",
+    )
+    .bind::<Array<Text>, _>(sends.iter().map(|s| s.tenant_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(sends.iter().map(|s| s.job_id).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(sends.iter().map(|s| s.attempt).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(sends.iter().map(|s| s.wa_message_id).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(sends.iter().map(|s| s.accepted_at).collect::<Vec<_>>())
+    .load(conn)
+    .await
 }
 
 #[derive(QueryableByName)]

@@ -1,5 +1,6 @@
 //! Test harness: a RabbitMQ vhost of its own, a fresh database, an in-process graph-mock, and
-//! sender `App`s built against them; typed helpers to publish jobs and collect outcomes.
+//! sender `App`s built against them (or real `sender` processes); typed helpers to publish jobs and
+//! collect outcomes.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -89,15 +90,20 @@ pub struct Harness {
     collected: Vec<(String, Value)>,
 }
 
-/// Configuration of the senders of one test.
-pub fn sender_config(h: &Harness) -> Config {
-    let tenant = Tenant {
+/// The tenant every test uses (graph-mock's default number and token).
+pub fn default_tenant() -> Tenant {
+    Tenant {
         tenant_id: TENANT.to_owned(),
         phone_number_id: wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID.to_owned(),
         waba_id: wa_graph_mock::config::DEFAULT_WABA_ID.to_owned(),
         access_token: SecretString::from(wa_graph_mock::DEFAULT_TOKEN),
         time_zone: "Asia/Jakarta".to_owned(),
-    };
+    }
+}
+
+/// Configuration of the senders of one test.
+pub fn sender_config(h: &Harness) -> Config {
+    let tenant = default_tenant();
     Config {
         amqp_url: h.vhost.amqp_url.clone(),
         database_url: h.db.url.clone(),
@@ -353,6 +359,95 @@ impl Harness {
         wa_db::models::sender::record_inbound(&mut conn, TENANT, to_digits, chrono::Utc::now())
             .await
             .expect("window recorded");
+    }
+}
+
+/// A real `sender` process (the binary cargo built for these tests), killed when dropped.
+pub struct SenderProcess {
+    child: tokio::process::Child,
+    /// Its `/healthz`, `/readyz`, `/metrics` address.
+    pub http_addr: std::net::SocketAddr,
+}
+
+/// A free local port (the OS picks it; the tiny race until the process binds it is acceptable here).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Harness {
+    /// Starts the `sender` binary configured from the environment, as SREs run it, against this
+    /// harness (the default tenant, graph-mock, the vhost and the database) plus `extra_env`, and
+    /// waits until its `/readyz` answers 200.
+    pub async fn spawn_sender_process(&self, extra_env: &[(&str, &str)]) -> SenderProcess {
+        let http_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sender"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AMQP_URL", &self.vhost.amqp_url)
+            .env("DATABASE_URL", &self.db.url)
+            .env("SENDER_HTTP_ADDR", http_addr.to_string())
+            .env("DEFAULT_TENANT_ID", TENANT)
+            .env(
+                "WHATSAPP_PHONE_NUMBER_ID",
+                wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID,
+            )
+            .env(
+                "WHATSAPP_BUSINESS_ACCOUNT_ID",
+                wa_graph_mock::config::DEFAULT_WABA_ID,
+            )
+            .env("WHATSAPP_ACCESS_TOKEN", wa_graph_mock::DEFAULT_TOKEN)
+            .env("WHATSAPP_GRAPH_BASE_URL", self.mock.base_url())
+            .env("WHATSAPP_API_VERSION", "v24.0")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(extra_env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let child = command.spawn().expect("the sender binary starts");
+        let process = SenderProcess { child, http_addr };
+        let http = reqwest::Client::new();
+        let url = format!("http://{http_addr}/readyz");
+        eventually(
+            Duration::from_secs(30),
+            "the sender process is ready",
+            || {
+                let (http, url) = (&http, &url);
+                async move {
+                    http.get(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        process
+    }
+}
+
+impl SenderProcess {
+    /// SIGTERM, then waits for a clean exit (it drains in-flight jobs first).
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM delivered");
+        let exit = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .expect("the sender stops in time")
+            .expect("exit status");
+        assert!(exit.success(), "the sender exits cleanly: {exit}");
     }
 }
 

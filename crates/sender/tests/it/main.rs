@@ -1,17 +1,24 @@
 //! Integration tests of the sender against the real broker and database, with graph-mock as Meta.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod batching;
 mod helpers;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wa_graph_mock::MockConfig;
+use wa_graph_mock::config::BusinessNumber;
 use wa_graph_mock::scripted::{Script, number_for};
+use wa_service::tenants::{Tenant, TenantDirectory};
+use wa_testkit::proxy::TcpProxy;
 
 use helpers::*;
 
 const WAIT: Duration = Duration::from_secs(20);
+/// A second tenant, with a business number of its own.
+const OTHER_TENANT: &str = "other";
+const OTHER_PHONE_NUMBER_ID: &str = "106540352242999";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_message_type_reaches_graph_in_metas_shape_with_plus62_and_the_tenant_token() {
@@ -644,22 +651,27 @@ async fn an_auth_error_pauses_the_tenant_and_sending_resumes_after_a_probe_with_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_replicas_with_cap_20_never_exceed_20_per_second_and_send_200_jobs_in_about_10_s() {
-    // Arrange
+async fn three_sender_processes_with_cap_20_never_exceed_20_per_second_and_send_200_jobs_in_about_10_s()
+ {
+    // Arrange: three real `sender` processes configured from the environment, as SREs run them.
     let mut h = Harness::new(MockConfig {
         rate_per_second: 20,
         workers: 2,
         ..MockConfig::for_tests()
     })
     .await;
+    let mut processes = Vec::new();
     for _ in 0..3 {
-        let mut config = sender_config(&h);
-        config.send.rate_per_second = 20;
         // This shared 2-core test machine, running every test at once, delays single requests by
         // tens of ms; the margin must cover the jitter between our send instants and the
         // measuring side (see the README).
-        config.send.rate_margin_permille = 80;
-        h.start_sender(config).await;
+        let process = h
+            .spawn_sender_process(&[
+                ("SENDER_RATE_PER_SECOND", "20"),
+                ("SENDER_RATE_MARGIN_PERMILLE", "80"),
+            ])
+            .await;
+        processes.push(process);
     }
     let ids: Vec<String> = (0..200).map(|i| format!("cap-{i}")).collect();
 
@@ -686,6 +698,191 @@ async fn three_replicas_with_cap_20_never_exceed_20_per_second_and_send_200_jobs
     assert_eq!(phone.rate_limited_130429, 0);
     assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
     assert!(elapsed <= Duration::from_millis(12_500), "{elapsed:?}");
+    for process in &processes {
+        let metrics = reqwest::get(format!("http://{}/metrics", process.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let cap_line = format!(
+            "wa_sender_rate_cap_per_second{{phone_number_id=\"{}\"}} 20",
+            wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID
+        );
+        assert!(metrics.contains(&cap_line), "{metrics}");
+    }
+    for process in processes {
+        process.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_tenants_bulk_broadcast_starves_neither_another_tenant_nor_its_own_interactive_jobs() {
+    // Arrange: two tenants with a number each, 10 sends/s per number; tenant `default` starts a
+    // 200-job bulk broadcast (20 s of sending).
+    let mut h = Harness::new(MockConfig {
+        phone_numbers: vec![
+            BusinessNumber {
+                phone_number_id: wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID.to_owned(),
+                display_phone_number: "6221555000111".to_owned(),
+            },
+            BusinessNumber {
+                phone_number_id: OTHER_PHONE_NUMBER_ID.to_owned(),
+                display_phone_number: "6221555000222".to_owned(),
+            },
+        ],
+        ..MockConfig::for_tests()
+    })
+    .await;
+    let mut config = sender_config(&h);
+    config.send.rate_per_second = 10;
+    config.tenants = TenantDirectory::new(vec![
+        default_tenant(),
+        Tenant {
+            tenant_id: OTHER_TENANT.to_owned(),
+            phone_number_id: OTHER_PHONE_NUMBER_ID.to_owned(),
+            ..default_tenant()
+        },
+    ])
+    .unwrap();
+    h.start_sender(config).await;
+    for i in 0..200 {
+        let mut job = template_job(&format!("broadcast-{i}"), &format!("+62813555{i:05}"));
+        job["priority"] = json!("bulk");
+        h.publish_job(&job).await;
+    }
+    h.wait_outcomes(&["broadcast-0"], WAIT).await;
+
+    // Act: the other tenant's jobs and an interactive job of the broadcasting tenant arrive.
+    let sent_before = h.sends().len();
+    let published = Instant::now();
+    let other_ids: Vec<String> = (0..5).map(|i| format!("other-{i}")).collect();
+    for (i, id) in other_ids.iter().enumerate() {
+        let mut job = template_job(id, &format!("+62813666{i:05}"));
+        job["tenant_id"] = json!(OTHER_TENANT);
+        h.publish_job(&job).await;
+    }
+    let mut reply = template_job("agent-reply", "+6281366699999");
+    reply["priority"] = json!("interactive");
+    h.publish_job(&reply).await;
+    let mut waited: Vec<&str> = other_ids.iter().map(String::as_str).collect();
+    waited.push("agent-reply");
+    let outcomes = h.wait_outcomes(&waited, WAIT).await;
+    let waited_for = published.elapsed();
+
+    // Assert: the other tenant's five jobs (half a second at its own cap) and the reply went out
+    // within seconds, while the broadcast had most of its 20 s still to go.
+    assert!(outcomes.values().all(|(k, _)| k == "outbound.accepted"));
+    assert!(
+        waited_for < Duration::from_secs(5),
+        "took {waited_for:?} behind the broadcast"
+    );
+    let broadcast_sent = h
+        .sends()
+        .iter()
+        .filter(|s| {
+            s.path
+                .contains(wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID)
+        })
+        .filter(|s| {
+            s.body["to"]
+                .as_str()
+                .is_some_and(|to| to.starts_with("+62813555"))
+        })
+        .count();
+    assert!(
+        broadcast_sent < 120,
+        "{broadcast_sent} broadcast sends already"
+    );
+    // The reply took one of the next few slots of its number, ahead of the queued bulk jobs.
+    let default_number: Vec<String> = h
+        .sends()
+        .iter()
+        .filter(|s| {
+            s.path
+                .contains(wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID)
+        })
+        .map(|s| s.body["to"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let reply_at = default_number
+        .iter()
+        .position(|to| to == "+6281366699999")
+        .unwrap();
+    assert!(
+        reply_at <= sent_before + 4,
+        "the reply was send #{reply_at} of its number; {sent_before} were sent when it was published"
+    );
+    h.stop_senders().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_its_broker_connection_breaks_the_sender_recovers_by_itself_losing_and_repeating_nothing()
+ {
+    // Arrange: the sender reaches RabbitMQ through a proxy this test can cut (the shared broker
+    // keeps running for everyone else); 5 sends/s so that jobs are in flight when it breaks.
+    let mut h = Harness::new(MockConfig::for_tests()).await;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await.unwrap();
+    let mut config = sender_config(&h);
+    config.amqp_url = proxy.rewrite_url(&h.vhost.amqp_url);
+    config.send.rate_per_second = 5;
+    h.start_sender(config).await;
+    let readyz = format!("http://{}/readyz", h.http_addrs[0]);
+    let http = reqwest::Client::new();
+    let ready = |want: bool| {
+        let (http, readyz) = (&http, &readyz);
+        move || async move {
+            http.get(readyz)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+                == want
+        }
+    };
+    eventually(WAIT, "/readyz turns ready", ready(true)).await;
+    let connections_before = proxy.accepted();
+    let ids: Vec<String> = (0..25).map(|i| format!("outage-{i}")).collect();
+    for (i, id) in ids.iter().take(20).enumerate() {
+        h.publish_job(&template_job(id, &format!("+62813777{i:05}")))
+            .await;
+    }
+    eventually(WAIT, "the first sends went out", || async {
+        h.sends().len() >= 3
+    })
+    .await;
+
+    // Act: the connection breaks for three seconds; more jobs come meanwhile.
+    proxy.cut();
+    eventually(WAIT, "/readyz turns not ready", ready(false)).await;
+    for (i, id) in ids.iter().enumerate().skip(20) {
+        h.publish_job(&template_job(id, &format!("+62813777{i:05}")))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still_not_ready = !ready(true)().await;
+    proxy.restore();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let outcomes = h.wait_outcomes(&refs, Duration::from_secs(60)).await;
+    eventually(WAIT, "/readyz turns ready again", ready(true)).await;
+
+    // Assert: nothing lost, nothing sent twice, and the sender reconnected on its own.
+    assert!(
+        still_not_ready,
+        "/readyz stayed not ready during the outage"
+    );
+    assert!(
+        outcomes.values().all(|(k, _)| k == "outbound.accepted"),
+        "{outcomes:?}"
+    );
+    let sends = h.sends();
+    for (i, id) in ids.iter().enumerate() {
+        let to = format!("+62813777{i:05}");
+        let count = sends.iter().filter(|s| s.body["to"] == to).count();
+        assert_eq!(count, 1, "{id} was sent {count} times");
+    }
+    assert!(
+        proxy.accepted() > connections_before,
+        "the sender opened new broker connections"
+    );
     h.stop_senders().await;
 }
 
@@ -747,9 +944,13 @@ async fn interactive_jobs_overtake_queued_bulk_jobs() {
         job["priority"] = json!("bulk");
         h.publish_job(&job).await;
     }
-    h.wait_outcomes(&["bulk-0"], WAIT).await;
+    eventually(WAIT, "the first bulk job was sent", || async {
+        !h.sends().is_empty()
+    })
+    .await;
 
     // Act
+    let sent_before = h.sends().len();
     let mut urgent = template_job("urgent-1", "+6281234560999");
     urgent["priority"] = json!("interactive");
     h.publish_job(&urgent).await;
@@ -758,7 +959,7 @@ async fn interactive_jobs_overtake_queued_bulk_jobs() {
     ];
     h.wait_outcomes(&ids, Duration::from_secs(30)).await;
 
-    // Assert: at most one bulk job (whose slot was already handed out) goes before it.
+    // Assert: at most one more bulk job (whose slot was already handed out) goes before it.
     let order: Vec<String> = h
         .sends()
         .iter()
@@ -766,8 +967,8 @@ async fn interactive_jobs_overtake_queued_bulk_jobs() {
         .collect();
     let urgent_at = order.iter().position(|to| to == "+6281234560999").unwrap();
     assert!(
-        urgent_at <= 2,
-        "interactive job was send #{urgent_at} of {order:?}"
+        urgent_at <= sent_before + 1,
+        "interactive job was send #{urgent_at} of {order:?}, published after {sent_before}"
     );
     h.stop_senders().await;
 }
