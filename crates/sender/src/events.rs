@@ -208,7 +208,8 @@ pub async fn settle_once(deps: &Deps, timeout: Duration) -> anyhow::Result<usize
     .await?;
     for row in &rows {
         let job = JobRef::from_row(row);
-        // The row is already failed: a lost publish here is logged, never retried into a duplicate send.
+        // Never resent to Meta; but the platform must get its outcome: if the publish fails, the
+        // row goes back to `unknown` and the next pass fails and publishes it again.
         if let Err(error) = deps
             .publish_failed(
                 &job,
@@ -221,7 +222,8 @@ pub async fn settle_once(deps: &Deps, timeout: Duration) -> anyhow::Result<usize
             )
             .await
         {
-            tracing::error!(error = %error, job_id = %row.job_id, "could not publish outbound.failed for an unknown outcome");
+            tracing::warn!(error = %error, job_id = %row.job_id, "could not publish outbound.failed for an unknown outcome; retrying at the next pass");
+            SendJobRow::reopen_unknown(&mut conn, &row.tenant_id, &row.job_id).await?;
         }
     }
     Ok(rows.len())

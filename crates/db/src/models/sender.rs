@@ -285,6 +285,30 @@ impl SendJobRow {
         .get_results(conn)
         .await
     }
+
+    /// Undoes [`SendJobRow::fail_stale_unknown`] for one job whose `outbound.failed` could not be
+    /// published: back to `unknown` (still stale), so the next settler pass fails and publishes it
+    /// again instead of leaving the platform without an outcome.
+    pub async fn reopen_unknown(
+        conn: &mut AsyncPgConnection,
+        tenant_id: &str,
+        job_id: &str,
+    ) -> QueryResult<()> {
+        diesel::update(
+            send_jobs::table
+                .find((tenant_id, job_id))
+                .filter(send_jobs::state.eq("failed")),
+        )
+        .set((
+            send_jobs::state.eq("unknown"),
+            send_jobs::failure_reason.eq(None::<String>),
+            send_jobs::failure_detail.eq(None::<String>),
+            send_jobs::failed_at.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }
 
 /// What [`claim_for_send`] returns: the attempt number of the call about to be made and when the
