@@ -265,6 +265,7 @@ diesel::table! {
         payload_nonce -> Bytea,
         key_id -> Text,
         created_at -> Timestamptz,
+        message_id -> Nullable<Int8>,
     }
 }
 

@@ -7,6 +7,11 @@
 //! publishes them, oldest first, once they are older than a grace period, so it never races the
 //! batcher. A crash after the confirm and before the delete republishes an event with the same
 //! AMQP `message_id` (`sync-outbox-<row id>`), on which consumers dedupe.
+//!
+//! The `outbound.status` steps of one message go out in commit order: the batcher holds a step
+//! back while an older step of the same message is still in the outbox (left by a failed publish,
+//! a crashed replica, or another replica's batch still publishing), and the relay, one at a time
+//! across replicas, publishes in row order.
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -57,6 +62,14 @@ pub async fn publish_pending(
     publisher: &Publisher,
     events: Vec<(PendingEvent, Option<opentelemetry::Context>)>,
 ) -> anyhow::Result<()> {
+    let mut conn = pool
+        .get()
+        .await
+        .context("getting a connection for the outbox")?;
+    let events = without_held_back(&mut conn, events).await?;
+    if events.is_empty() {
+        return Ok(());
+    }
     let ids: Vec<i64> = events.iter().map(|(e, _)| e.id).collect();
     let labels: Vec<(&'static str, String)> = events
         .iter()
@@ -73,14 +86,37 @@ pub async fn publish_pending(
     for (routing_key, tenant) in &labels {
         count_published(routing_key, tenant);
     }
-    let mut conn = pool
-        .get()
-        .await
-        .context("getting a connection to clear the outbox")?;
     OutboxEvent::delete(&mut conn, &ids)
         .await
         .context("deleting published outbox rows")?;
     Ok(())
+}
+
+/// The events to publish now: all but the steps of messages that still have an older step in
+/// the outbox, which stay there for the relay.
+async fn without_held_back(
+    conn: &mut diesel_async::AsyncPgConnection,
+    events: Vec<(PendingEvent, Option<opentelemetry::Context>)>,
+) -> anyhow::Result<Vec<(PendingEvent, Option<opentelemetry::Context>)>> {
+    let about: Vec<(i64, i64)> = events
+        .iter()
+        .filter_map(|(e, _)| Some((e.message_id?, e.id)))
+        .collect();
+    let held = OutboxEvent::held_back(conn, &about)
+        .await
+        .context("looking for older steps still in the outbox")?;
+    if held.is_empty() {
+        return Ok(events);
+    }
+    let (kept, waiting): (Vec<_>, Vec<_>) = events
+        .into_iter()
+        .partition(|(e, _)| e.message_id.is_none_or(|m| !held.contains(&m)));
+    metrics::counter!("wa_sync_outbox_held_back_total").increment(waiting.len() as u64);
+    tracing::debug!(
+        held_back = waiting.len(),
+        "status steps wait for an older step of their message still in the outbox"
+    );
+    Ok(kept)
 }
 
 /// Publishes every outbox row created before `created_before` (all rows when `None`); returns

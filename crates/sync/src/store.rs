@@ -17,6 +17,7 @@ mod segment;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
+use sha2::{Digest as _, Sha256};
 use wa_common::contracts::Reference;
 use wa_common::contracts::inbound::InboundStatus;
 use wa_common::contracts::platform::{JamaahErasureRequested, JamaahUpserted};
@@ -46,6 +47,8 @@ pub struct PendingEvent {
     pub tenant: String,
     /// Routing key on `whatsapp.events`.
     pub routing_key: &'static str,
+    /// The message an `outbound.status` step is about.
+    pub message_id: Option<i64>,
     /// The JSON body.
     pub body: Vec<u8>,
     /// Position, in the events given to [`apply_batch`], of the event that caused it (its trace
@@ -107,6 +110,7 @@ pub async fn apply_batch(
     events: &[&SyncEvent],
     effects: &mut Effects,
 ) -> Result<(), StoreError> {
+    lock_named_messages(conn, events).await?;
     let mut start = 0;
     for (at, event) in events.iter().enumerate() {
         let directory = match event {
@@ -122,6 +126,48 @@ pub async fn apply_batch(
         start = at + 1;
     }
     segment::apply(conn, cipher, &events[start..], start, effects).await
+}
+
+/// Locks every message the batch's statuses and accepted events name, before anything else.
+///
+/// A status that arrives before its `outbound.accepted` is stored as waiting; the accepted event
+/// applies the statuses waiting for it. If two replicas wrote the two at the same time, neither
+/// transaction would see the other's uncommitted row and the status would wait for good. Both
+/// lock `(tenant, wamid)` first, so the second reads what the first committed.
+async fn lock_named_messages(
+    conn: &mut AsyncPgConnection,
+    events: &[&SyncEvent],
+) -> Result<(), StoreError> {
+    let mut keys: Vec<i64> = events
+        .iter()
+        .filter_map(|event| match event {
+            SyncEvent::Status { tenant, event, .. } => {
+                Some(wamid_lock_key(tenant, &event.wa_message_id))
+            }
+            SyncEvent::Accepted(accepted) => Some(wamid_lock_key(
+                accepted.tenant_id.as_str(),
+                &accepted.wa_message_id,
+            )),
+            _ => None,
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Message::lock_keys(conn, &keys).await?;
+    Ok(())
+}
+
+/// The advisory lock key of a message by `(tenant, wamid)`: a SHA-256 prefix, the same in every
+/// replica and build.
+fn wamid_lock_key(tenant: &str, wamid: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(tenant)
+        .chain_update([0x1f])
+        .chain_update(wamid)
+        .finalize();
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(prefix)
 }
 
 /// A directory event, applied on its own.

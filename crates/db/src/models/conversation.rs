@@ -594,6 +594,21 @@ impl Message {
         }
     }
 
+    /// Takes the transaction-scoped advisory locks `keys`, in the order given: callers pass them
+    /// sorted, so two transactions take shared keys in the same order and cannot deadlock on them.
+    pub async fn lock_keys(mut conn: &AsyncPgConnection, keys: &[i64]) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt};
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // A function scan of `unnest` yields the array in order.
+        diesel::sql_query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+            .bind::<Array<BigInt>, _>(keys)
+            .execute(&mut conn)
+            .await
+            .map(drop)
+    }
+
     /// The messages with these `(tenant, wamid)` (the caller matches the pairs), locked until the
     /// transaction ends and in id order, so two replicas moving the same message's status wait
     /// for each other instead of overwriting each other's step (and never deadlock here).
@@ -1123,7 +1138,7 @@ impl Media {
 }
 
 /// An event waiting to be published.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = sync_outbox, check_for_backend(diesel::pg::Pg))]
 pub struct OutboxEvent {
     /// Row id (publish order).
@@ -1156,7 +1171,13 @@ pub struct NewOutboxEvent {
     pub payload_nonce: Vec<u8>,
     /// Key id.
     pub key_id: String,
+    /// The message an `outbound.status` step is about (its steps are published in row order).
+    pub message_id: Option<i64>,
 }
+
+/// Transaction-scoped advisory lock of the outbox relay: one relay publishes at a time, so two
+/// replicas never publish steps of one message side by side out of order.
+const OUTBOX_RELAY_LOCK: i64 = 0x7761_5f6f_7574_626f; // "wa_outbo"
 
 impl OutboxEvent {
     /// Queues an event; returns its id (the AMQP `message_id` is derived from it).
@@ -1186,9 +1207,9 @@ impl OutboxEvent {
         }
         let mut ids: Vec<i64> = diesel::sql_query(
             "INSERT INTO sync_outbox (tenant_id, contact_id, routing_key, payload_ciphertext, \
-               payload_nonce, key_id) \
+               payload_nonce, key_id, message_id) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[], \
-               $6::text[]) \
+               $6::text[], $7::bigint[]) \
              RETURNING id",
         )
         .bind::<Array<Text>, _>(
@@ -1213,6 +1234,7 @@ impl OutboxEvent {
                 .collect::<Vec<_>>(),
         )
         .bind::<Array<Text>, _>(rows.iter().map(|r| r.key_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
         .load::<Id>(&mut conn)
         .await?
         .into_iter()
@@ -1223,24 +1245,77 @@ impl OutboxEvent {
     }
 
     /// Locks up to `limit` events created before `created_before` (all when `None`), oldest
-    /// first, for publishing (`SKIP LOCKED`: one relay at a time per row). The batcher publishes
-    /// fresh events itself; the periodic relay only takes those a failed publish left behind.
+    /// first, for publishing, or none when another relay holds the relay lock (released at the
+    /// end of the transaction). The batcher publishes fresh events itself; the periodic relay only
+    /// takes those a failed publish left behind or the batcher held back. A row whose message has
+    /// an older row too young to take waits with it, so a message's steps go out in order.
     pub async fn claim(
         conn: &mut AsyncPgConnection,
         limit: i64,
         created_before: Option<DateTime<Utc>>,
     ) -> QueryResult<Vec<OutboxEvent>> {
-        // The far future when unbounded: one query shape (locking clauses do not box).
+        use diesel::sql_types::{BigInt, Bool, Timestamptz};
+        #[derive(QueryableByName)]
+        struct Locked {
+            #[diesel(sql_type = Bool)]
+            locked: bool,
+        }
+        let relay = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
+            .bind::<BigInt, _>(OUTBOX_RELAY_LOCK)
+            .get_result::<Locked>(conn)
+            .await?;
+        if !relay.locked {
+            return Ok(Vec::new());
+        }
+        // The far future when unbounded: one query shape.
         let before = created_before.unwrap_or(DateTime::<Utc>::MAX_UTC);
-        sync_outbox::table
-            .filter(sync_outbox::created_at.lt(before))
-            .order(sync_outbox::id.asc())
-            .limit(limit)
-            .select(OutboxEvent::as_select())
-            .for_update()
-            .skip_locked()
-            .load(conn)
-            .await
+        diesel::sql_query(
+            "SELECT o.id, o.tenant_id, o.routing_key, o.payload_ciphertext, o.payload_nonce, \
+               o.key_id \
+             FROM sync_outbox o \
+             WHERE o.created_at < $1 \
+               AND NOT EXISTS (SELECT 1 FROM sync_outbox p WHERE p.message_id = o.message_id \
+                 AND p.id < o.id AND p.created_at >= $1) \
+             ORDER BY o.id LIMIT $2 \
+             FOR UPDATE OF o SKIP LOCKED",
+        )
+        .bind::<Timestamptz, _>(before)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await
+    }
+
+    /// Of the events `(message, id)` about to be published, the messages that still have an
+    /// older event in the outbox other than these: a step committed earlier and not yet
+    /// published (its publish failed, or its process died). Their events are left to the relay,
+    /// which publishes in row order.
+    pub async fn held_back(
+        mut conn: &AsyncPgConnection,
+        events: &[(i64, i64)],
+    ) -> QueryResult<Vec<i64>> {
+        use diesel::sql_types::{Array, BigInt};
+        #[derive(QueryableByName)]
+        struct Held {
+            #[diesel(sql_type = BigInt)]
+            message_id: i64,
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (messages, event_ids): (Vec<i64>, Vec<i64>) = events.iter().copied().unzip();
+        Ok(diesel::sql_query(
+            "SELECT DISTINCT b.message_id \
+             FROM unnest($1::bigint[], $2::bigint[]) AS b(message_id, id) \
+             JOIN sync_outbox o ON o.message_id = b.message_id AND o.id < b.id \
+             WHERE o.id <> ALL($2::bigint[])",
+        )
+        .bind::<Array<BigInt>, _>(messages)
+        .bind::<Array<BigInt>, _>(event_ids)
+        .load::<Held>(&mut conn)
+        .await?
+        .into_iter()
+        .map(|h| h.message_id)
+        .collect())
     }
 
     /// Deletes published events.

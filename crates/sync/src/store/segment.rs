@@ -25,6 +25,7 @@ use serde::Serialize;
 use wa_common::contracts::Reference;
 use wa_common::contracts::inbound::InboundMessage;
 use wa_common::contracts::notification::AgentNotification;
+use wa_common::contracts::send_job::OutboundMessage;
 use wa_common::contracts::status::DeliveryStatus;
 use wa_common::ids::{AgentId, JamaahId, JobId, TenantId};
 use wa_common::phone::E164;
@@ -35,8 +36,8 @@ use wa_db::models::conversation::{
 };
 
 use super::{
-    Effects, NOTIFICATION_TITLE, OutboundContent, PendingEvent, StatusInput, StoreError, advance,
-    outbound_content, preview, status_input, tenant_id, wa_id_of,
+    Effects, NOTIFICATION_TITLE, PendingEvent, StatusInput, StoreError, advance, outbound_content,
+    preview, status_input, tenant_id, wa_id_of,
 };
 use crate::crypto::Cipher;
 use crate::event::{MediaRef, SyncEvent, content_of};
@@ -307,21 +308,17 @@ fn prepare<'a>(cipher: &Cipher, events: &[&'a SyncEvent]) -> Result<Prepared<'a>
                 let wa_id = wa_id_of(&accepted.to).ok_or_else(|| {
                     StoreError::Contract("outbound.accepted: `to` holds no phone number".into())
                 })?;
-                let content = outbound_content(cipher, accepted.message.as_ref())?;
                 let mut row = outbound_row(
+                    cipher,
                     &accepted.tenant_id,
                     &accepted.job_id,
                     accepted.reference.as_ref(),
-                    content,
+                    accepted.message.as_ref(),
                     accepted.accepted_at,
-                );
+                )?;
                 row.wa_message_id = Some(accepted.wa_message_id.clone());
-                let key = ContactKey::WaId {
-                    tenant: row.tenant_id.clone(),
-                    wa_id,
-                };
                 Item::Accepted {
-                    row: prepared.push_row(key, None, row),
+                    row: prepared.push_outbound(wa_id, row),
                 }
             }
             SyncEvent::Failed(failed) => {
@@ -331,25 +328,21 @@ fn prepare<'a>(cipher: &Cipher, events: &[&'a SyncEvent]) -> Result<Prepared<'a>
                     });
                     continue;
                 };
-                let content = outbound_content(cipher, failed.message.as_ref())?;
                 let mut row = outbound_row(
+                    cipher,
                     &failed.tenant_id,
                     &failed.job_id,
                     failed.reference.as_ref(),
-                    content,
+                    failed.message.as_ref(),
                     failed.failed_at,
-                );
+                )?;
                 row.current_status = Some("failed".into());
                 row.status_at = Some(failed.failed_at);
                 row.error_code = failed.meta_code;
                 row.error_detail = Some(failed.detail.clone());
                 row.failure_reason = Some(failed.reason.as_str().to_owned());
-                let key = ContactKey::WaId {
-                    tenant: row.tenant_id.clone(),
-                    wa_id,
-                };
                 Item::Failed {
-                    row: prepared.push_row(key, None, row),
+                    row: prepared.push_outbound(wa_id, row),
                 }
             }
             SyncEvent::JamaahUpserted { .. } | SyncEvent::Erasure(_) => {
@@ -365,15 +358,18 @@ fn prepare<'a>(cipher: &Cipher, events: &[&'a SyncEvent]) -> Result<Prepared<'a>
     Ok(prepared)
 }
 
-/// The row of an outbound message of a job, without its wamid and status (set by the caller).
+/// The row of an outbound message of a job, its content encrypted, without its wamid and status
+/// (set by the caller).
 fn outbound_row(
+    cipher: &Cipher,
     tenant: &TenantId,
     job: &JobId,
     reference: Option<&Reference>,
-    content: OutboundContent,
+    message: Option<&OutboundMessage>,
     sent_at: DateTime<Utc>,
-) -> NewMessage {
-    NewMessage {
+) -> Result<NewMessage, StoreError> {
+    let content = outbound_content(cipher, message)?;
+    Ok(NewMessage {
         tenant_id: tenant.as_str().to_owned(),
         conversation_id: 0,
         contact_id: 0,
@@ -394,10 +390,19 @@ fn outbound_row(
         error_detail: None,
         failure_reason: None,
         sent_at,
-    }
+    })
 }
 
 impl Prepared<'_> {
+    /// An outbound message row, filed under the contact with WhatsApp id `wa_id`.
+    fn push_outbound(&mut self, wa_id: String, row: NewMessage) -> usize {
+        let key = ContactKey::WaId {
+            tenant: row.tenant_id.clone(),
+            wa_id,
+        };
+        self.push_row(key, None, row)
+    }
+
     fn push_row(&mut self, key: ContactKey, user_id: Option<String>, row: NewMessage) -> usize {
         self.needs.push(ContactNeed {
             key: key.clone(),
@@ -927,7 +932,7 @@ impl Replay<'_> {
         self.queue(
             at,
             tenant,
-            contact.id,
+            (contact.id, None),
             routing::AGENT_NOTIFICATION,
             &notification,
         )
@@ -964,12 +969,15 @@ impl Replay<'_> {
             .get_mut(key)
             .ok_or(StoreError::Db(diesel::result::Error::NotFound))?;
         let (changed, step) = advance(message, input)?;
-        let (tenant, contact) = (message.tenant_id.clone(), message.contact_id);
+        let (tenant, about) = (
+            message.tenant_id.clone(),
+            (message.contact_id, Some(message.id)),
+        );
         if changed {
             self.dirty.insert(key.clone());
         }
         match step {
-            Some(step) => self.queue(at, &tenant, contact, routing::OUTBOUND_STATUS, &step),
+            Some(step) => self.queue(at, &tenant, about, routing::OUTBOUND_STATUS, &step),
             None => Ok(()),
         }
     }
@@ -1008,11 +1016,12 @@ impl Replay<'_> {
         Ok(())
     }
 
+    /// Queues an outbox event about `(contact, message)`: a status step names its message.
     fn queue<T: Serialize>(
         &mut self,
         at: usize,
         tenant: &str,
-        contact: i64,
+        (contact, message): (i64, Option<i64>),
         routing_key: &'static str,
         body: &T,
     ) -> Result<(), StoreError> {
@@ -1026,6 +1035,7 @@ impl Replay<'_> {
                 payload_ciphertext: sealed.ciphertext,
                 payload_nonce: sealed.nonce,
                 key_id: sealed.key_id,
+                message_id: message,
             },
             routing_key,
             body,
@@ -1086,6 +1096,7 @@ impl Replay<'_> {
                 id,
                 tenant: row.tenant_id.clone(),
                 routing_key,
+                message_id: row.message_id,
                 body,
                 cause,
             });

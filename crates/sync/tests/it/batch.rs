@@ -99,11 +99,21 @@ async fn in_one_transaction(
     conn: &mut AsyncPgConnection,
     events: &[SyncEvent],
 ) -> Result<Effects, store::StoreError> {
+    in_one_transaction_until(conn, events, async {}).await
+}
+
+/// [`in_one_transaction`], committing only once `before_commit` is done.
+async fn in_one_transaction_until(
+    conn: &mut AsyncPgConnection,
+    events: &[SyncEvent],
+    before_commit: impl Future<Output = ()> + Send,
+) -> Result<Effects, store::StoreError> {
     let cipher = cipher();
     let refs: Vec<&SyncEvent> = events.iter().collect();
     conn.transaction::<Effects, store::StoreError, _>(async |conn| {
         let mut effects = Effects::default();
         store::apply_batch(conn, &cipher, &refs, &mut effects).await?;
+        before_commit.await;
         Ok(effects)
     })
     .await
@@ -527,4 +537,80 @@ async fn the_same_wamid_twice_and_statuses_around_their_accepted_event_in_one_ba
         .collect();
     assert_eq!(steps, vec!["delivered", "read"]);
     rig.stop().await;
+}
+
+/// Two replicas: one transaction holds a message's status, another its accepted event, and the
+/// second runs while the first is still open. Whichever comes first, the status is applied once
+/// and its step published once (without a common lock neither transaction would see the other's
+/// row and the status would wait for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_and_its_accepted_event_in_two_concurrent_transactions_meet() {
+    for status_first in [true, false] {
+        // Arrange
+        let db = TestDb::new().await.unwrap();
+        let at = Utc::now() - ChronoDuration::minutes(10);
+        let status = events(&[step(
+            "wamid.c",
+            "delivered",
+            at + ChronoDuration::seconds(5),
+        )]);
+        let accepted = events(&[accept("job-c", P1, "wamid.c", at)]);
+        let (first, second) = if status_first {
+            (status, accepted)
+        } else {
+            (accepted, status)
+        };
+        let applied = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut first_conn = db.conn().await;
+        let open = tokio::spawn({
+            let (applied, release) = (applied.clone(), release.clone());
+            async move {
+                let hold = async move {
+                    applied.notify_one();
+                    release.notified().await;
+                };
+                in_one_transaction_until(&mut first_conn, &first, hold).await
+            }
+        });
+        applied.notified().await;
+
+        // Act: the second transaction, then the first commits once the second is done or waits.
+        let mut second_conn = db.conn().await;
+        let concurrent =
+            tokio::spawn(async move { in_one_transaction(&mut second_conn, &second).await });
+        let mut observer = db.conn().await;
+        let waiting_for_a_lock = "SELECT count(*)::bigint AS n FROM pg_locks WHERE NOT granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !concurrent.is_finished() && count_in(&mut observer, waiting_for_a_lock).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second transaction neither finished nor waited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        release.notify_one();
+        let first_effects = open.await.unwrap().unwrap();
+        let second_effects = concurrent.await.unwrap().unwrap();
+
+        // Assert
+        let applied_statuses = count_in(
+            &mut observer,
+            "SELECT count(*)::bigint AS n FROM message_statuses WHERE applied",
+        )
+        .await;
+        let delivered = count_in(
+            &mut observer,
+            "SELECT count(*)::bigint AS n FROM messages WHERE current_status = 'delivered'",
+        )
+        .await;
+        let steps = steps_of(&published(first_effects.outbox), "wamid.c").len()
+            + steps_of(&published(second_effects.outbox), "wamid.c").len();
+        assert_eq!(
+            (applied_statuses, delivered, steps),
+            (1, 1, 1),
+            "status first: {status_first}"
+        );
+    }
 }

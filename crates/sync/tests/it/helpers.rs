@@ -261,6 +261,32 @@ impl TestApp {
             .collect()
     }
 
+    /// Writes an outbox row of [`TENANT`] as a batch would, as if its process died between the
+    /// commit and the publish; returns its id.
+    pub async fn leave_in_outbox(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        message_id: Option<i64>,
+    ) -> i64 {
+        let sealed = self.cipher.seal(body).expect("seal");
+        let mut conn = self.conn().await;
+        wa_db::models::conversation::OutboxEvent::insert(
+            &mut conn,
+            &wa_db::models::conversation::NewOutboxEvent {
+                tenant_id: TENANT.into(),
+                contact_id: None,
+                routing_key: routing_key.into(),
+                payload_ciphertext: sealed.ciphertext,
+                payload_nonce: sealed.nonce,
+                key_id: sealed.key_id,
+                message_id,
+            },
+        )
+        .await
+        .expect("outbox insert")
+    }
+
     /// Waits until the outbox is empty (everything committed has been published).
     pub async fn outbox_drained(&self) {
         self.wait_count("SELECT count(*)::bigint AS n FROM sync_outbox", 0)

@@ -1106,21 +1106,10 @@ async fn events_left_in_the_outbox_by_a_failed_publish_are_published_by_the_rela
         "message": "Siti Aminah: tertinggal", "type": "info", "action_url": "/jamaah/jm-o/conversations",
     }))
     .unwrap();
-    let sealed = app.cipher.seal(&body).unwrap();
+    let id = app
+        .leave_in_outbox(routing::AGENT_NOTIFICATION, &body, None)
+        .await;
     let mut conn = app.conn().await;
-    let id = wa_db::models::conversation::OutboxEvent::insert(
-        &mut conn,
-        &wa_db::models::conversation::NewOutboxEvent {
-            tenant_id: TENANT.into(),
-            contact_id: None,
-            routing_key: routing::AGENT_NOTIFICATION.into(),
-            payload_ciphertext: sealed.ciphertext,
-            payload_nonce: sealed.nonce,
-            key_id: sealed.key_id,
-        },
-    )
-    .await
-    .unwrap();
     diesel::sql_query("UPDATE sync_outbox SET created_at = now() - interval '1 minute'")
         .execute(&mut conn)
         .await
@@ -1132,6 +1121,78 @@ async fn events_left_in_the_outbox_by_a_failed_publish_are_published_by_the_rela
     assert_eq!(notifications.len(), 1);
     assert_eq!(notifications[0]["message"], "Siti Aminah: tertinggal");
     assert!(id > 0);
+    app.stop().await;
+}
+
+/// A step committed but left unpublished (the process died, or its publish failed) goes out
+/// before every later step of its message: the later ones wait in the outbox for the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_status_step_waits_for_an_older_step_left_in_the_outbox() {
+    let app = spawn_app().await;
+    let t0 = Utc::now() - ChronoDuration::minutes(10);
+    app.publish(
+        routing::OUTBOUND_ACCEPTED,
+        &accepted("job-h", "+6281234567890", "wamid.H", t0),
+    )
+    .await;
+    app.publish(
+        routing::INBOUND_STATUS,
+        &status("wamid.H", "sent", t0 + ChronoDuration::seconds(1), None),
+    )
+    .await;
+    app.wait_count(
+        "SELECT count(*)::bigint AS n FROM messages WHERE current_status = 'sent'",
+        1,
+    )
+    .await;
+    app.outbox_drained().await;
+    let message_id = app
+        .count("SELECT id AS n FROM messages WHERE wa_message_id = 'wamid.H'")
+        .await;
+    // As if a replica died between committing `delivered` and publishing it.
+    let body = serde_json::to_vec(&json!({
+        "tenant_id": TENANT, "job_id": "job-h", "wa_message_id": "wamid.H", "status": "delivered",
+        "timestamp": t0 + ChronoDuration::seconds(2),
+    }))
+    .unwrap();
+    app.leave_in_outbox(routing::OUTBOUND_STATUS, &body, Some(message_id))
+        .await;
+    let mut conn = app.conn().await;
+
+    app.publish(
+        routing::INBOUND_STATUS,
+        &status("wamid.H", "read", t0 + ChronoDuration::seconds(3), None),
+    )
+    .await;
+    app.wait_count(
+        "SELECT count(*)::bigint AS n FROM messages WHERE current_status = 'read'",
+        1,
+    )
+    .await;
+    // The batcher publishes right after its commit; give it time to (wrongly) do so.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_the_relay = app.status_steps().await;
+    let waiting = app
+        .count("SELECT count(*)::bigint AS n FROM sync_outbox")
+        .await;
+    // The relay's grace period is over for both rows.
+    diesel::sql_query("UPDATE sync_outbox SET created_at = now() - interval '1 minute'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    app.outbox_drained().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after_the_relay = app.status_steps().await;
+
+    let words = |steps: &[Value]| -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| s["status"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(words(&before_the_relay), ["sent"]);
+    assert_eq!(waiting, 2);
+    assert_eq!(words(&after_the_relay), ["delivered", "read"]);
     app.stop().await;
 }
 
