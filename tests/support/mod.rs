@@ -111,14 +111,9 @@ impl System {
                 timeout: Duration::from_secs(5),
             },
             send: wa_sender::config::SendConfig {
-                rate_per_second: 80,
                 rate_margin_permille: 15,
-                pair_interval: Duration::from_millis(6000),
-                max_attempts: 8,
-                window_margin: Duration::from_secs(900),
-                unknown_outcome_timeout: Duration::from_secs(600),
-                settle_interval: Duration::from_secs(30),
                 probe_interval: Duration::from_millis(300),
+                ..wa_sender::config::SendConfig::default()
             },
             consumer: wa_sender::config::ConsumerConfig {
                 prefetch: 50,

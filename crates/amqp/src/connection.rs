@@ -117,10 +117,9 @@ impl Connection {
     }
 }
 
-impl Shared {
-    fn properties(&self) -> ConnectionProperties {
-        ConnectionProperties::default().with_connection_name(self.name.clone().into())
-    }
+/// Properties of every connection we open (lapin's own recovery stays off, see the module docs).
+fn properties(connection_name: &str) -> ConnectionProperties {
+    ConnectionProperties::default().with_connection_name(connection_name.into())
 }
 
 /// Connects to `url`, naming the connection `connection_name` in the management UI; retries the
@@ -132,7 +131,7 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, Amq
         url: redacted.clone(),
         reason,
     })?;
-    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    let properties = properties(connection_name);
     let attempt = || lapin::Connection::connect_uri(uri.clone(), properties.clone());
     let connection = attempt
         .retry(
@@ -193,7 +192,7 @@ async fn supervise(shared: Weak<Shared>) {
             continue;
         }
         tracing::warn!(url = %strong.redacted, connection_name = %strong.name, "broker connection lost; reconnecting");
-        let (uri, properties) = (strong.uri.clone(), strong.properties());
+        let (uri, properties) = (strong.uri.clone(), properties(&strong.name));
         drop(strong);
         let mut backoff = reconnect_backoff();
         let fresh = loop {

@@ -37,8 +37,11 @@ const GROUP: &str = "sender";
 const CAPPED_JOBS: usize = 1_000;
 const CAP: u32 = 80;
 const UNCAPPED_JOBS: usize = 12_000;
-/// `SENDER_RATE_MARGIN_PERMILLE` of the replicas (the default).
-const MARGIN_PERMILLE: u32 = 20;
+/// Slot spacing over `1/cap`: `1 + SENDER_RATE_MARGIN_PERMILLE / 1000` (the replicas' default).
+fn spacing_factor() -> f64 {
+    1.0 + f64::from(SendConfig::default().rate_margin_permille) / 1e3
+}
+
 /// Concurrency of the sender's dispatch (and of the baseline client).
 const CONCURRENCY: usize = 512;
 
@@ -74,13 +77,7 @@ fn config(
         },
         send: SendConfig {
             rate_per_second: rate,
-            rate_margin_permille: MARGIN_PERMILLE,
-            pair_interval: Duration::from_secs(6),
-            max_attempts: 8,
-            window_margin: Duration::from_secs(900),
-            unknown_outcome_timeout: Duration::from_secs(600),
-            settle_interval: Duration::from_secs(30),
-            probe_interval: Duration::from_secs(30),
+            ..SendConfig::default()
         },
         consumer: ConsumerConfig {
             prefetch: 1_000,
@@ -218,7 +215,7 @@ async fn capped() -> anyhow::Result<Vec<Figure>> {
          claim {} or a late wake-up {}, slots unused {}",
         schedule.first_after.as_secs_f64() * 1e3,
         schedule.first_to_last.as_secs_f64(),
-        (CAPPED_JOBS - 1) as f64 / f64::from(CAP) * (1.0 + f64::from(MARGIN_PERMILLE) / 1e3),
+        (CAPPED_JOBS - 1) as f64 / f64::from(CAP) * spacing_factor(),
         schedule.longest_gap.as_secs_f64() * 1e3,
         slots.late_claim as u64,
         slots.late_wake_up as u64,
@@ -259,7 +256,7 @@ async fn capped() -> anyhow::Result<Vec<Figure>> {
             value: schedule.tightest_span.as_secs_f64(),
             unit: "s".into(),
             baseline_name: Some(format!("slot spacing × {CAP}")),
-            baseline_value: Some(1.0 + f64::from(MARGIN_PERMILLE) / 1e3),
+            baseline_value: Some(spacing_factor()),
             target: "> 1 s".into(),
             met: schedule.tightest_span > Duration::from_secs(1),
         },

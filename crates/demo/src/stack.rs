@@ -281,12 +281,6 @@ impl Stack {
 
     /// Polls `/readyz` (graph-mock: any answer) until it answers 200.
     pub async fn wait_ready(&mut self, program: Program, timeout: Duration) -> anyhow::Result<()> {
-        let path = if program == Program::GraphMock {
-            "/_mock/stats"
-        } else {
-            "/readyz"
-        };
-        let url = format!("{}{path}", self.config.url(program));
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(child) = self.children.get_mut(&program)
@@ -294,24 +288,31 @@ impl Stack {
             {
                 bail!("{} exited with {status}", program.binary());
             }
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().is_success()
-            {
+            if self.is_ready(program).await == Some(true) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{url} not ready after {timeout:?}");
+                bail!("{} not ready after {timeout:?}", self.ready_url(program));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Whether `program` answers `/readyz` with 200 (`None`: no answer at all).
+    /// Where readiness is asked: `/readyz`, or any answer of graph-mock's control API.
+    fn ready_url(&self, program: Program) -> String {
+        let path = if program == Program::GraphMock {
+            "/_mock/stats"
+        } else {
+            "/readyz"
+        };
+        format!("{}{path}", self.config.url(program))
+    }
+
+    /// Whether `program` says it is ready (`None`: no answer at all).
     pub async fn is_ready(&self, program: Program) -> Option<bool> {
-        let url = format!("{}/readyz", self.config.url(program));
         let response = self
             .http
-            .get(url)
+            .get(self.ready_url(program))
             .timeout(Duration::from_secs(1))
             .send()
             .await

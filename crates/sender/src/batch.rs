@@ -212,30 +212,31 @@ impl JobRecord {
 
 impl BatchOp for RecordJobs {
     type Item = JobRecord;
-    /// The stored row; `None` when another transaction was inserting it at the same instant
-    /// (look it up again with [`SendJobRow::insert_or_get`]).
-    type Output = Option<SendJobRow>;
+    /// The stored row (new, or the one recorded before).
+    type Output = SendJobRow;
     const NAME: &'static str = "record_jobs";
 
     async fn run(
         &self,
         conn: &mut AsyncPgConnection,
         items: &[JobRecord],
-    ) -> diesel::QueryResult<Vec<Option<SendJobRow>>> {
+    ) -> diesel::QueryResult<Vec<SendJobRow>> {
         let new: Vec<NewSendJob<'_>> = items.iter().map(JobRecord::as_new).collect();
         let rows = q::record_send_jobs(conn, &new).await?;
         let by_key: HashMap<(&str, &str), &SendJobRow> = rows
             .iter()
             .map(|row| ((row.tenant_id.as_str(), row.job_id.as_str()), row))
             .collect();
-        Ok(items
-            .iter()
-            .map(|i| {
-                by_key
-                    .get(&(i.tenant_id.as_str(), i.job_id.as_str()))
-                    .map(|row| (*row).clone())
-            })
-            .collect())
+        let mut answers = Vec::with_capacity(items.len());
+        for (item, new) in items.iter().zip(&new) {
+            match by_key.get(&(item.tenant_id.as_str(), item.job_id.as_str())) {
+                Some(row) => answers.push((*row).clone()),
+                // Another transaction inserted it after this statement's snapshot was taken (its
+                // conflict hid the row from us): a statement of its own sees it.
+                None => answers.push(SendJobRow::insert_or_get(conn, new).await?),
+            }
+        }
+        Ok(answers)
     }
 }
 

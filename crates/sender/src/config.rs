@@ -64,6 +64,22 @@ pub struct SendConfig {
     pub probe_interval: Duration,
 }
 
+impl Default for SendConfig {
+    /// The defaults of the environment variables above (one place for both `from_env` and tests).
+    fn default() -> Self {
+        Self {
+            rate_per_second: DEFAULT_RATE_PER_SECOND,
+            rate_margin_permille: 20,
+            pair_interval: Duration::from_secs(6),
+            max_attempts: 8,
+            window_margin: Duration::from_secs(900),
+            unknown_outcome_timeout: Duration::from_secs(600),
+            settle_interval: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Consumer tuning.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -73,19 +89,28 @@ pub struct ConsumerConfig {
     pub concurrency: usize,
 }
 
-fn millis(name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+fn millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
     Ok(Duration::from_millis(env::var_parsed(name, default)?))
+}
+
+fn secs(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(env::var_parsed(
+        name,
+        default.as_secs(),
+    )?))
 }
 
 impl Config {
     /// Reads the environment; fails naming the variable.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let defaults = SendConfig::default();
         let rate_per_second: u32 =
-            env::var_parsed("SENDER_RATE_PER_SECOND", DEFAULT_RATE_PER_SECOND)?;
+            env::var_parsed("SENDER_RATE_PER_SECOND", defaults.rate_per_second)?;
         if rate_per_second == 0 {
             return Err(env::invalid("SENDER_RATE_PER_SECOND", "must be at least 1"));
         }
-        let max_attempts: u32 = env::var_parsed("SENDER_MAX_ATTEMPTS", 8)?;
+        let max_attempts: u32 = env::var_parsed("SENDER_MAX_ATTEMPTS", defaults.max_attempts)?;
         if max_attempts == 0 {
             return Err(env::invalid("SENDER_MAX_ATTEMPTS", "must be at least 1"));
         }
@@ -122,23 +147,23 @@ impl Config {
             graph: GraphConfig {
                 base_url: base_url.trim_end_matches('/').to_owned(),
                 api_version: env::var_or("WHATSAPP_API_VERSION", DEFAULT_API_VERSION),
-                timeout: millis("SENDER_GRAPH_TIMEOUT_MS", 15_000)?,
+                timeout: millis("SENDER_GRAPH_TIMEOUT_MS", Duration::from_secs(15))?,
             },
             send: SendConfig {
                 rate_per_second,
-                rate_margin_permille: env::var_parsed("SENDER_RATE_MARGIN_PERMILLE", 20)?,
-                pair_interval: millis("SENDER_PAIR_INTERVAL_MS", 6_000)?,
+                rate_margin_permille: env::var_parsed(
+                    "SENDER_RATE_MARGIN_PERMILLE",
+                    defaults.rate_margin_permille,
+                )?,
+                pair_interval: millis("SENDER_PAIR_INTERVAL_MS", defaults.pair_interval)?,
                 max_attempts,
-                window_margin: Duration::from_secs(env::var_parsed(
-                    "SENDER_WINDOW_MARGIN_SECS",
-                    900,
-                )?),
-                unknown_outcome_timeout: Duration::from_secs(env::var_parsed(
+                window_margin: secs("SENDER_WINDOW_MARGIN_SECS", defaults.window_margin)?,
+                unknown_outcome_timeout: secs(
                     "SENDER_UNKNOWN_OUTCOME_TIMEOUT_SECS",
-                    600,
-                )?),
-                settle_interval: millis("SENDER_SETTLE_INTERVAL_MS", 30_000)?,
-                probe_interval: millis("SENDER_AUTH_PROBE_INTERVAL_MS", 30_000)?,
+                    defaults.unknown_outcome_timeout,
+                )?,
+                settle_interval: millis("SENDER_SETTLE_INTERVAL_MS", defaults.settle_interval)?,
+                probe_interval: millis("SENDER_AUTH_PROBE_INTERVAL_MS", defaults.probe_interval)?,
             },
             consumer: ConsumerConfig {
                 prefetch,

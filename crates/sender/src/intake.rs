@@ -148,15 +148,7 @@ impl Handler for Intake {
         };
         // Batched with the other jobs being taken in (one statement for many).
         let row = match deps.writes.record.submit(record.clone()).await {
-            Ok(Some(row)) => row,
-            // Inserted by another transaction at the same instant: read it on its own.
-            Ok(None) => match insert_or_get(deps, &record).await {
-                Ok(row) => row,
-                Err(error) => {
-                    tracing::warn!(error = %error, "could not record the job; retrying");
-                    return Outcome::retry_in(INFRA_RETRY);
-                }
-            },
+            Ok(row) => row,
             Err(error) => {
                 tracing::warn!(error = %error, "could not record the job; retrying");
                 return Outcome::retry_in(INFRA_RETRY);
@@ -241,9 +233,4 @@ impl Handler for Intake {
             }
         }
     }
-}
-
-async fn insert_or_get(deps: &Deps, record: &JobRecord) -> anyhow::Result<SendJobRow> {
-    let mut conn = deps.pool.get().await?;
-    Ok(SendJobRow::insert_or_get(&mut conn, &record.as_new()).await?)
 }

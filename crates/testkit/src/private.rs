@@ -38,7 +38,7 @@ impl PrivateBroker {
         let node = format!("{name}@localhost");
         let management_port = amqp_port + 10_000;
         // A node left behind by a killed run would hold the ports.
-        let _ = ctl_status(&node, &["stop"]).await;
+        let _ = run(rabbitmqctl(&node, &["stop"])).await;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         std::fs::write(
@@ -76,9 +76,12 @@ impl PrivateBroker {
         };
         // `await_startup` fails until the node has registered with epmd.
         for _ in 0..60 {
-            if ctl_status(&broker.node, &["await_startup", "--timeout", "60"])
-                .await
-                .is_ok()
+            if run(rabbitmqctl(
+                &broker.node,
+                &["await_startup", "--timeout", "60"],
+            ))
+            .await
+            .is_ok()
             {
                 return broker.wait_management().await.map(|()| broker);
             }
@@ -103,13 +106,17 @@ impl PrivateBroker {
 
     /// `rabbitmqctl stop_app`: the broker stops serving (connections drop), the node stays up.
     pub async fn stop_app(&self) -> anyhow::Result<()> {
-        ctl_status(&self.node, &["stop_app"]).await
+        run(rabbitmqctl(&self.node, &["stop_app"])).await
     }
 
     /// `rabbitmqctl start_app`, then waits until the management API answers again.
     pub async fn start_app(&self) -> anyhow::Result<()> {
-        ctl_status(&self.node, &["start_app"]).await?;
-        ctl_status(&self.node, &["await_startup", "--timeout", "60"]).await?;
+        run(rabbitmqctl(&self.node, &["start_app"])).await?;
+        run(rabbitmqctl(
+            &self.node,
+            &["await_startup", "--timeout", "60"],
+        ))
+        .await?;
         self.wait_management().await
     }
 
@@ -132,32 +139,9 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "-n", &self.node, "stop"])
-            .env("HOME", RABBITMQ_HOME)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = quietly(rabbitmqctl(&self.node, &["stop"])).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-async fn ctl_status(node: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("rabbitmqctl")
-        .args(["-q", "-n", node])
-        .args(args)
-        .env("HOME", RABBITMQ_HOME)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running rabbitmqctl")?;
-    ensure!(
-        output.status.success(),
-        "rabbitmqctl -n {node} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
 }
 
 /// A PostgreSQL cluster of our own (trust auth, user `postgres`), run as the `postgres` user.
@@ -172,9 +156,11 @@ impl PrivatePostgres {
     pub async fn start(port: u16, dir: &Path) -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
-        as_postgres("chown", &["postgres", &dir.display().to_string()], true).await?;
+        let mut chown = std::process::Command::new("chown");
+        chown.arg("postgres").arg(dir);
+        run(chown).await?;
         let data = dir.join("data");
-        as_postgres(
+        run(as_postgres(
             "initdb",
             &[
                 "-D",
@@ -186,8 +172,7 @@ impl PrivatePostgres {
                 "UTF8",
                 "--no-sync",
             ],
-            false,
-        )
+        ))
         .await?;
         let cluster = Self {
             dir: dir.to_owned(),
@@ -206,6 +191,11 @@ impl PrivatePostgres {
     }
 
     async fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        run(self.pg_ctl_command(args)).await
+    }
+
+    /// `pg_ctl` on this cluster's data directory, port and log, as the `postgres` user.
+    fn pg_ctl_command(&self, args: &[&str]) -> std::process::Command {
         let data = self.dir.join("data").display().to_string();
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
@@ -215,53 +205,51 @@ impl PrivatePostgres {
         let log = self.dir.join("server.log").display().to_string();
         let mut all = vec!["-D", &data, "-o", &options, "-l", &log];
         all.extend_from_slice(args);
-        as_postgres("pg_ctl", &all, false).await
+        as_postgres("pg_ctl", &all)
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let data = self.dir.join("data").display().to_string();
-        let _ = std::process::Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                "pg_ctl",
-                "-D",
-                &data,
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = quietly(self.pg_ctl_command(&["-m", "immediate", "-w", "stop"])).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Runs `program` as the `postgres` user (PostgreSQL refuses to run as root); `as_root` runs it
-/// as we are instead.
-async fn as_postgres(program: &str, args: &[&str], as_root: bool) -> anyhow::Result<()> {
-    let mut command = if as_root {
-        Command::new(program)
-    } else {
-        let mut runuser = Command::new("runuser");
-        runuser.args(["-u", "postgres", "--", program]);
-        runuser
-    };
-    let output = command
+/// `rabbitmqctl -q -n <node> <args>` with the Erlang cookie the node uses.
+fn rabbitmqctl(node: &str, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new("rabbitmqctl");
+    command
+        .args(["-q", "-n", node])
         .args(args)
+        .env("HOME", RABBITMQ_HOME);
+    command
+}
+
+/// `program args` as the `postgres` user (PostgreSQL refuses to run as root).
+fn as_postgres(program: &str, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new("runuser");
+    command.args(["-u", "postgres", "--", program]).args(args);
+    command
+}
+
+/// `command` with its output discarded (for `Drop`, where nobody can read it).
+fn quietly(mut command: std::process::Command) -> std::process::Command {
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    command
+}
+
+/// Runs `command` to completion, failing with its stderr when it fails.
+async fn run(command: std::process::Command) -> anyhow::Result<()> {
+    let what = format!("{command:?}");
+    let output = Command::from(command)
         .stdin(Stdio::null())
         .output()
         .await
-        .with_context(|| format!("running {program}"))?;
+        .with_context(|| format!("running {what}"))?;
     ensure!(
         output.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
+        "{what} failed: {}",
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(())
