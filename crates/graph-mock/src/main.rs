@@ -15,8 +15,9 @@ async fn main() -> anyhow::Result<()> {
         .into_config()
         .context("invalid graph-mock configuration")?;
     let mock = spawn(config).await?;
+    let stop_requested = shutdown_signal();
     tracing::info!(base_url = mock.base_url(), "graph-mock ready");
-    shutdown_signal().await;
+    stop_requested.await;
     tracing::info!("shutting down");
     mock.stop().await;
     Ok(())

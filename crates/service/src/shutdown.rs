@@ -1,13 +1,19 @@
 //! The one shutdown signal of a process: a token cancelled on SIGTERM or SIGINT.
 
+use std::future::Future;
+
 use tokio_util::sync::CancellationToken;
 
 /// Returns a token that is cancelled when the process receives SIGTERM or SIGINT.
+///
+/// The handlers are installed before this returns, so a signal sent as soon as the service says it is ready drains it
+/// instead of meeting the default action, which would kill the process mid-work.
 pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
+    let signal = signal_received();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         tracing::info!("shutdown signal received; draining");
         trigger.cancel();
     });
@@ -15,27 +21,32 @@ pub fn shutdown_token() -> CancellationToken {
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() {
+fn signal_received() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            // Without signal handlers the process can still be stopped by SIGKILL; keep running.
-            tracing::warn!("could not install signal handlers");
-            std::future::pending::<()>().await;
+            _ => {
+                // Without signal handlers the process can still be stopped by SIGKILL; keep running.
+                tracing::warn!("could not install signal handlers");
+                std::future::pending::<()>().await;
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+fn signal_received() -> impl Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
