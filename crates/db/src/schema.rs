@@ -186,6 +186,7 @@ diesel::table! {
     rate_limits (key) {
         key -> Text,
         tat -> Timestamptz,
+        recent -> Array<Nullable<Int8>>,
     }
 }
 

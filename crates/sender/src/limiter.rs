@@ -1,21 +1,23 @@
 //! The per-business-number throughput cap, correct across any number of replicas.
 //!
-//! Every send takes a slot from a GCRA schedule kept in PostgreSQL (`rate_limits`, one row per
-//! phone number id): `tat` is the earliest free slot; a reservation of `n` slots moves it by
-//! `n × interval` under the row lock, so slots of different replicas never overlap and the sum
-//! over replicas stays at most `rate` in any one-second window. Slots are spaced
-//! `1/rate × (1 + margin)` apart with no burst allowance, so even after an idle period or a failover
-//! no second holds more than `rate` sends; the small margin absorbs network jitter between us and
-//! Meta's own sliding window.
+//! Every send takes a slot from a sliding-window log kept in PostgreSQL (`rate_limits`, one row
+//! per phone number id, function `reserve_send_slots`): a slot is never less than a window of
+//! `1 s × (1 + margin)` after the slot `rate` places before it, and never less than a spacing floor
+//! after the previous one. Reservations of all replicas go through the same row under its lock, so
+//! the sum over replicas stays at most `rate` in any one-second window, even right after an idle
+//! period or a failover; the small margin absorbs network jitter between us and Meta's own
+//! sliding window. Unlike a fixed pace of one slot per `1/rate`, a quiet number sends a full
+//! window's worth at once (spread over a quarter of the window by the spacing floor), so an agent's
+//! reply or the start of a broadcast does not queue behind an empty schedule.
 //!
 //! Slots are reserved at least a lead in the future and handed out that early (see
 //! [`SLOT_LEAD`]), so the job is claimed in the database before its slot and the Graph call starts
 //! on time; a send that still misses its slot by more than [`RateLimiter::tolerance`] takes a new
 //! slot instead of bunching up, as a *prepared* waiter (served first, [`PREPARED_LEAD`] ahead).
 //!
-//! In the process, one pump per number reserves slots in batches (≤ 250 ms worth, so one round
-//! trip serves many sends at high rates), the next batch while the current one is being handed out,
-//! and hands each slot, when its time comes, to the most urgent waiter (prepared, then
+//! In the process, one pump per number reserves slots in batches (a quarter of the cap at most, so
+//! one round trip serves many sends at high rates), the next batch while the current one is being
+//! handed out, and hands each slot, when its time comes, to the most urgent waiter (prepared, then
 //! `interactive` before `transactional` before `bulk`, then publish order). A slot with no waiter
 //! left is simply unused: the cap is never exceeded, only under-used.
 
@@ -31,8 +33,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wa_common::contracts::send_job::Priority;
 use wa_db::PgPool;
+use wa_db::models::sender::SlotWindow;
 
-/// How long before its slot a send is handed out, at low rates: four slot intervals, within
+/// How long before its slot a send is handed out, at low rates: four average slot intervals
+/// (`window / rate`), within
 /// [`MIN_LEAD`] and this. The send claims the job in the database meanwhile (one batched round
 /// trip, a commit), so the Graph call starts on time, not a round trip late. When claims take
 /// longer (a busy database, big batches at high rates) the lead grows to twice their recent
@@ -57,6 +61,11 @@ pub const REFILL_AHEAD: Duration = Duration::from_millis(100);
 /// Pause after a failed reservation.
 const RESERVE_RETRY: Duration = Duration::from_millis(200);
 
+/// Within a window, sends go at most this many times faster than `rate` spread evenly: a full
+/// window's worth takes a quarter of it instead of firing at one instant, which keeps the burst
+/// gentle on Meta and on our own CPU while still finishing a broadcast's first second early.
+pub const PEAK_FACTOR: u32 = 4;
+
 /// Granularity of tokio's timer.
 const TIMER_TICK: Duration = Duration::from_millis(1);
 
@@ -69,7 +78,7 @@ pub struct RateLimiter {
 struct Inner {
     key: String,
     phone_number_id: String,
-    interval: Duration,
+    shape: SlotWindow,
     /// How late after its slot a send may still start.
     tolerance: Duration,
     /// The lead before any claim latency is known (see [`SLOT_LEAD`]).
@@ -120,6 +129,18 @@ fn rank(priority: Priority) -> u8 {
     }
 }
 
+/// The slot rule for `rate_per_second` with `margin_permille` of jitter margin: at most `rate` in
+/// `1 s + margin`, at least `window / rate / PEAK_FACTOR` apart.
+pub fn slot_window(rate_per_second: u32, margin_permille: u32) -> SlotWindow {
+    let cap = rate_per_second.max(1);
+    let window = Duration::from_secs(1) + Duration::from_millis(u64::from(margin_permille));
+    SlotWindow {
+        cap,
+        window,
+        spacing: window / cap / PEAK_FACTOR,
+    }
+}
+
 /// The limiter was shut down before a slot was granted.
 #[derive(Debug, thiserror::Error)]
 #[error("rate limiter stopped")]
@@ -134,24 +155,22 @@ impl RateLimiter {
         rate_per_second: u32,
         margin_permille: u32,
     ) -> Self {
-        let rate = f64::from(rate_per_second.max(1));
-        let interval =
-            Duration::from_secs_f64(1.0 / rate * (1.0 + f64::from(margin_permille) / 1000.0));
-        let batch_max = usize::try_from(rate_per_second / 4)
-            .unwrap_or(1)
-            .clamp(1, 5_000);
+        let shape = slot_window(rate_per_second, margin_permille);
+        let rate = shape.cap;
+        let average_interval = shape.window / rate;
+        let batch_max = usize::try_from(rate / 4).unwrap_or(1).clamp(1, 5_000);
         Self {
             inner: Arc::new(Inner {
                 key: format!("sender:{phone_number_id}"),
                 phone_number_id: phone_number_id.to_owned(),
-                interval,
-                // With slots `(1 + margin)/rate` apart, two sends a second apart may be delayed
-                // differently by up to `margin × 1 s` before a second holds `rate + 1` of them;
-                // our own lateness takes at most half of that, the network and Meta the rest.
+                shape,
+                // With at most `rate` slots in `1 s + margin`, two sends a window apart may be
+                // delayed differently by up to the margin before a second holds `rate + 1` of
+                // them; our own lateness takes at most half of that, the network and Meta the rest.
                 tolerance: SLOT_TOLERANCE.max(Duration::from_secs_f64(
                     f64::from(margin_permille) / 1000.0 / 2.0,
                 )),
-                base_lead: (interval * 4).clamp(MIN_LEAD, SLOT_LEAD),
+                base_lead: (average_interval * 4).clamp(MIN_LEAD, SLOT_LEAD),
                 claim_us: AtomicU64::new(0),
                 batch_max,
                 pool,
@@ -221,9 +240,10 @@ impl RateLimiter {
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = &self.inner;
         let mut reserved: VecDeque<Instant> = VecDeque::new();
-        let mut reserving: Option<JoinHandle<anyhow::Result<(Instant, usize)>>> = None;
+        let mut reserving: Option<JoinHandle<anyhow::Result<Vec<Instant>>>> = None;
         let mut retry_at: Option<Instant> = None;
-        let mut last_slot: Option<Instant> = None;
+        // Our latest slots (at most `cap`), as read on our clock.
+        let mut ours = LocalWindow::new(inner.shape);
         let mut granted_in_second: VecDeque<Instant> = VecDeque::new();
         let rate_gauge = metrics::gauge!("wa_sender_rate_per_second", "phone_number_id" => inner.phone_number_id.clone());
         let unused = metrics::counter!("wa_sender_unused_slots_total", "phone_number_id" => inner.phone_number_id.clone());
@@ -295,14 +315,9 @@ impl RateLimiter {
                 answer = join_some(&mut reserving) => {
                     reserving = None;
                     match answer {
-                        Ok((start, count)) => {
-                            // Our reading of the database's instants is off by a varying fraction
-                            // of a round trip: never put two of our slots closer than an interval.
-                            let start = last_slot.map_or(start, |last| start.max(last + inner.interval));
-                            for i in 0..count {
-                                let slot = start + inner.interval * u32::try_from(i).unwrap_or(u32::MAX);
-                                reserved.push_back(slot);
-                                last_slot = Some(slot);
+                        Ok(slots) => {
+                            for slot in slots {
+                                reserved.push_back(ours.admit(slot));
                             }
                         }
                         Err(error) => {
@@ -354,8 +369,8 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 /// The reservation's answer; pending forever when none is in flight.
 async fn join_some(
-    task: &mut Option<JoinHandle<anyhow::Result<(Instant, usize)>>>,
-) -> anyhow::Result<(Instant, usize)> {
+    task: &mut Option<JoinHandle<anyhow::Result<Vec<Instant>>>>,
+) -> anyhow::Result<Vec<Instant>> {
     match task {
         Some(task) => task.await?,
         None => std::future::pending().await,
@@ -370,32 +385,91 @@ impl Inner {
     }
 }
 
-/// Reserves `count` slots; answers the first slot's instant on our clock and the count.
-async fn reserve(
-    inner: Arc<Inner>,
-    count: usize,
-    lead: Duration,
-) -> anyhow::Result<(Instant, usize)> {
+/// Reserves `count` slots; answers their instants on our clock, ascending.
+async fn reserve(inner: Arc<Inner>, count: usize, lead: Duration) -> anyhow::Result<Vec<Instant>> {
     let mut conn = inner.pool.get().await?;
-    let interval_us = i64::try_from(inner.interval.as_micros()).unwrap_or(i64::MAX);
-    let lead_us = i64::try_from(lead.as_micros()).unwrap_or(0);
-    let delay_secs = wa_db::models::sender::reserve_rate_slots(
+    let delays = wa_db::models::sender::reserve_send_slots(
         &mut conn,
         &inner.key,
-        interval_us,
-        i64::try_from(count).unwrap_or(1),
-        lead_us,
+        inner.shape,
+        u32::try_from(count).unwrap_or(u32::MAX),
+        lead,
     )
     .await?;
-    Ok((
-        Instant::now() + Duration::from_secs_f64(delay_secs.max(0.0)),
-        count,
-    ))
+    let answered = Instant::now();
+    Ok(delays
+        .into_iter()
+        .map(|delay| answered + Duration::from_secs_f64(delay.max(0.0)))
+        .collect())
+}
+
+/// The database's rule applied again to our own slots on our clock: each batch's reading of the
+/// database instants is off by a different fraction of a round trip, which must not squeeze two of
+/// our slots closer than the spacing, or `cap + 1` of them into one window.
+struct LocalWindow {
+    shape: SlotWindow,
+    recent: VecDeque<Instant>,
+}
+
+impl LocalWindow {
+    fn new(shape: SlotWindow) -> Self {
+        Self {
+            shape,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Records `slot`, moved later when needed to keep the spacing and the window.
+    fn admit(&mut self, slot: Instant) -> Instant {
+        let mut slot = slot;
+        if let Some(last) = self.recent.back() {
+            slot = slot.max(*last + self.shape.spacing);
+        }
+        let cap = usize::try_from(self.shape.cap).unwrap_or(usize::MAX);
+        if self.recent.len() >= cap
+            && let Some(first) = self.recent.get(self.recent.len() - cap)
+        {
+            slot = slot.max(*first + self.shape.window);
+        }
+        self.recent.push_back(slot);
+        // Later slots come after this one: a slot a window before it can bind none of them.
+        while self.recent.len() > cap
+            || self
+                .recent
+                .front()
+                .is_some_and(|first| *first + self.shape.window <= slot)
+        {
+            self.recent.pop_front();
+        }
+        slot
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_slots_keep_the_spacing_and_never_put_more_than_the_cap_in_a_window() {
+        let shape = SlotWindow {
+            cap: 3,
+            window: Duration::from_millis(1_000),
+            spacing: Duration::from_millis(100),
+        };
+        let mut ours = LocalWindow::new(shape);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // A batch read a little early overlaps the previous one: moved to the spacing, then to the
+        // window after the third slot.
+        let admitted: Vec<Instant> = [0, 100, 150, 190, 1_150, 5_000]
+            .into_iter()
+            .map(|at| ours.admit(ms(at)))
+            .collect();
+        assert_eq!(
+            admitted,
+            vec![ms(0), ms(100), ms(200), ms(1_000), ms(1_150), ms(5_000)]
+        );
+    }
 
     #[test]
     fn waiters_pop_claimed_first_then_by_priority_then_arrival() {

@@ -1,6 +1,8 @@
 //! Sender tables: `send_jobs` (idempotency and outcome of every send-job), `send_attempts` (one row
-//! per Graph call), `customer_windows` (the 24-hour window), `rate_limits` (the GCRA limiter shared
+//! per Graph call), `customer_windows` (the 24-hour window), `rate_limits` (the sliding-window limiter shared
 //! by every sender replica), plus the sender's reads of `templates` and `tenants.paused_at`.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -576,38 +578,60 @@ pub async fn template_status(
 
 #[derive(QueryableByName)]
 struct Reserved {
-    #[diesel(sql_type = Double)]
-    delay_secs: f64,
+    #[diesel(sql_type = Array<Double>)]
+    delays: Vec<f64>,
 }
 
-/// GCRA reservation shared by all replicas: reserves `count` consecutive send slots spaced
-/// `interval_us` apart for `key`, none earlier than `lead_us` from now (so the caller has time to
-/// prepare each send before its slot), and returns how many seconds from now the first slot is.
-/// Measured on the database clock, so replicas on different hosts agree; the row lock serialises
-/// concurrent callers, so slots never overlap whichever replica asks.
-pub async fn reserve_rate_slots(
+/// The shape of the send slots of one key (one business phone number), shared by all replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotWindow {
+    /// At most this many slots in any `window`.
+    pub cap: u32,
+    /// The sliding window (a second plus the jitter margin).
+    pub window: Duration,
+    /// The least time between two consecutive slots.
+    pub spacing: Duration,
+}
+
+impl SlotWindow {
+    /// From the first to the last of `n` slots taken back to back from an idle log (the fastest
+    /// the rule allows): slot `k` is `k / cap` windows plus `k % cap` spacings in, unless the
+    /// spacing alone is slower.
+    pub fn span_from_idle(&self, n: u32) -> Duration {
+        let Some(last) = n.checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        let cap = self.cap.max(1);
+        (self.window * (last / cap) + self.spacing * (last % cap)).max(self.spacing * last)
+    }
+}
+
+/// Sliding-window reservation shared by all replicas: reserves `count` send slots for `key`, none
+/// earlier than `lead` from now (so the caller has time to prepare each send before its slot),
+/// at most `shape.cap` in any `shape.window` and at least `shape.spacing` apart, and returns how
+/// many seconds from now each slot is (ascending). Measured on the database clock, so replicas on
+/// different hosts agree; the row lock serialises concurrent callers, so the window holds
+/// whichever replica asks (function `reserve_send_slots`, migration
+/// `2026-11-27-090000_rate_limits_sliding_window`).
+pub async fn reserve_send_slots(
     conn: &mut AsyncPgConnection,
     key: &str,
-    interval_us: i64,
-    count: i64,
-    lead_us: i64,
-) -> QueryResult<f64> {
-    let reserved: Reserved = diesel::sql_query(
-        "INSERT INTO rate_limits AS r (key, tat) \
-         VALUES ($1, clock_timestamp() + make_interval(secs => ($4 + $2 * $3)::double precision / 1e6)) \
-         ON CONFLICT (key) DO UPDATE SET tat = \
-             GREATEST(r.tat, clock_timestamp() + make_interval(secs => $4::double precision / 1e6)) \
-             + make_interval(secs => ($2 * $3)::double precision / 1e6) \
-         RETURNING EXTRACT(EPOCH FROM (r.tat - make_interval(secs => ($2 * $3)::double precision / 1e6) \
-             - clock_timestamp()))::double precision AS delay_secs",
-    )
-    .bind::<Text, _>(key)
-    .bind::<BigInt, _>(interval_us)
-    .bind::<BigInt, _>(count)
-    .bind::<BigInt, _>(lead_us)
-    .get_result(conn)
-    .await?;
-    Ok(reserved.delay_secs)
+    shape: SlotWindow,
+    count: u32,
+    lead: Duration,
+) -> QueryResult<Vec<f64>> {
+    let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    let reserved: Reserved =
+        diesel::sql_query("SELECT reserve_send_slots($1, $2, $3, $4, $5, $6) AS delays")
+            .bind::<Text, _>(key)
+            .bind::<Integer, _>(i32::try_from(shape.cap).unwrap_or(i32::MAX))
+            .bind::<BigInt, _>(micros(shape.window))
+            .bind::<BigInt, _>(micros(shape.spacing))
+            .bind::<Integer, _>(i32::try_from(count).unwrap_or(i32::MAX))
+            .bind::<BigInt, _>(micros(lead))
+            .get_result(conn)
+            .await?;
+    Ok(reserved.delays)
 }
 
 /// Pauses a tenant's sending (auth error); keeps the first pause time. True when it was not paused.

@@ -4,5 +4,6 @@
 mod constraints;
 mod migrations;
 mod processed_events;
+mod send_slots;
 mod tenants;
 mod test_db;
