@@ -147,33 +147,3 @@ impl Drop for RunningMock {
         let _ = self.shutdown.send(true);
     }
 }
-
-/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers now and returns a future that resolves on either.
-///
-/// Call it before saying "ready": a signal that arrives before the handlers exist gets the default action and kills the
-/// process instead of stopping it gracefully.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let handlers = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        async move {
-            match handlers {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => std::future::pending::<()>().await,
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}

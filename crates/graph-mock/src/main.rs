@@ -6,7 +6,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use wa_graph_mock::{Cli, shutdown_signal, spawn, telemetry};
+use wa_graph_mock::{Cli, spawn, telemetry};
+use wa_service::shutdown::stop_requested;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,9 +16,9 @@ async fn main() -> anyhow::Result<()> {
         .into_config()
         .context("invalid graph-mock configuration")?;
     let mock = spawn(config).await?;
-    let stop_requested = shutdown_signal();
+    let stop = stop_requested();
     tracing::info!(base_url = mock.base_url(), "graph-mock ready");
-    stop_requested.await;
+    stop.await;
     tracing::info!("shutting down");
     mock.stop().await;
     Ok(())

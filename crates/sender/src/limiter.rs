@@ -167,9 +167,8 @@ impl RateLimiter {
                 // With at most `rate` slots in `1 s + margin`, two sends a window apart may be
                 // delayed differently by up to the margin before a second holds `rate + 1` of
                 // them; our own lateness takes at most half of that, the network and Meta the rest.
-                tolerance: SLOT_TOLERANCE.max(Duration::from_secs_f64(
-                    f64::from(margin_permille) / 1000.0 / 2.0,
-                )),
+                tolerance: SLOT_TOLERANCE
+                    .max(shape.window.saturating_sub(Duration::from_secs(1)) / 2),
                 base_lead: (average_interval * 4).clamp(MIN_LEAD, SLOT_LEAD),
                 claim_us: AtomicU64::new(0),
                 batch_max,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
-    let signal = signal_received();
+    let signal = stop_requested();
     tokio::spawn(async move {
         signal.await;
         tracing::info!("shutdown signal received; draining");
@@ -20,8 +20,12 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on either.
+///
+/// Call it before saying "ready": a signal that arrives before the handlers exist gets the default
+/// action and kills the process instead of stopping it gracefully.
 #[cfg(unix)]
-fn signal_received() -> impl Future<Output = ()> {
+pub fn stop_requested() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let handlers = (
         signal(SignalKind::terminate()),
@@ -44,8 +48,9 @@ fn signal_received() -> impl Future<Output = ()> {
     }
 }
 
+/// Resolves on Ctrl-C (the handler is installed when first polled on this platform).
 #[cfg(not(unix))]
-fn signal_received() -> impl Future<Output = ()> {
+pub fn stop_requested() -> impl Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }

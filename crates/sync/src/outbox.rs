@@ -62,11 +62,13 @@ pub async fn publish_pending(
     publisher: &Publisher,
     events: Vec<(PendingEvent, Option<opentelemetry::Context>)>,
 ) -> anyhow::Result<()> {
-    let mut conn = pool
-        .get()
-        .await
-        .context("getting a connection for the outbox")?;
-    let events = without_held_back(&mut conn, events).await?;
+    let events = {
+        let mut conn = pool
+            .get()
+            .await
+            .context("getting a connection for the outbox")?;
+        without_held_back(&mut conn, events).await?
+    };
     if events.is_empty() {
         return Ok(());
     }
@@ -86,6 +88,11 @@ pub async fn publish_pending(
     for (routing_key, tenant) in &labels {
         count_published(routing_key, tenant);
     }
+    // A connection of its own: none is held while the broker confirms.
+    let mut conn = pool
+        .get()
+        .await
+        .context("getting a connection to clear the outbox")?;
     OutboxEvent::delete(&mut conn, &ids)
         .await
         .context("deleting published outbox rows")?;
