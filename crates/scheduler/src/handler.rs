@@ -158,6 +158,8 @@ impl Scheduler {
         let mut conn = self.pool().get().await?;
         conn.transaction(async |conn| {
             db::upsert_jamaah(conn, &row).await?;
+            // Reminders deferred because this jamaah's events came first are due again now.
+            db::release_reminders_held_for_jamaah(conn, tenant, &row.jamaah_id, self.now()).await?;
             let package_id = row.package_id.as_deref().unwrap_or_default();
             db::upsert_package_name(conn, tenant, package_id, &package_name).await?;
             if row.status == "ready" {

@@ -49,7 +49,8 @@ pub mod kind {
 
 /// How long a confirmation stays worth sending (e.g. while its jamaah is not known yet).
 const CONFIRMATION_RELEVANCE: Duration = Duration::days(7);
-/// How long a reminder whose jamaah is not known yet waits before it is looked at again.
+/// How long a reminder whose jamaah is not known yet waits before it is looked at again, unless
+/// the jamaah's upsert brings it back first.
 const UNKNOWN_JAMAAH_RETRY: Duration = Duration::minutes(10);
 
 /// What one tick did.
@@ -351,7 +352,7 @@ impl Scheduler {
             }
         }
         for (until, ids) in &deferred {
-            db::defer_reminders(conn, ids, *until).await?;
+            db::defer_reminders(conn, ids, *until, db::HELD_FOR_UNKNOWN_JAMAAH).await?;
             report.deferred += ids.len();
         }
         if !outgoing.is_empty() {
@@ -398,7 +399,7 @@ impl Scheduler {
         let Some(name) = row.jamaah_name.as_deref() else {
             let retry = now + UNKNOWN_JAMAAH_RETRY;
             return match row.not_after {
-                Some(limit) if retry >= limit => Decision::Cancel("jamaah_unknown"),
+                Some(limit) if retry >= limit => Decision::Cancel(db::HELD_FOR_UNKNOWN_JAMAAH),
                 _ => Decision::Defer(retry),
             };
         };

@@ -693,19 +693,52 @@ pub async fn set_reminders_status(
         .await
 }
 
-/// Moves reminders' `due_at` to `until` (e.g. the jamaah is not known yet).
+/// Why a reminder is held back while it stays `pending` (kept in `failure_reason`, which becomes
+/// the cancellation reason if the hold outlives the reminder).
+pub const HELD_FOR_UNKNOWN_JAMAAH: &str = "jamaah_unknown";
+
+/// Moves reminders' `due_at` to `until` and records why (e.g. [`HELD_FOR_UNKNOWN_JAMAAH`]).
 pub async fn defer_reminders(
     conn: &mut AsyncPgConnection,
     ids: &[i64],
     until: DateTime<Utc>,
+    reason: &str,
 ) -> QueryResult<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
     diesel::update(reminders::table.filter(reminders::id.eq_any(ids)))
-        .set(reminders::due_at.eq(until))
+        .set((
+            reminders::due_at.eq(until),
+            reminders::failure_reason.eq(reason),
+        ))
         .execute(conn)
         .await
+}
+
+/// Brings back the reminders of a jamaah that were deferred because the jamaah was not known yet
+/// (their events arrived first): each is due again at `now`, so the next tick sends it instead of
+/// waiting out the deferral. Returns how many.
+pub async fn release_reminders_held_for_jamaah(
+    conn: &mut AsyncPgConnection,
+    tenant: &str,
+    jamaah_id: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::update(
+        reminders::table
+            .filter(reminders::tenant_id.eq(tenant))
+            .filter(reminders::jamaah_id.eq(jamaah_id))
+            .filter(reminders::status.eq("pending"))
+            .filter(reminders::failure_reason.eq(HELD_FOR_UNKNOWN_JAMAAH))
+            .filter(reminders::due_at.gt(now)),
+    )
+    .set((
+        reminders::due_at.eq(now),
+        reminders::failure_reason.eq(None::<String>),
+    ))
+    .execute(conn)
+    .await
 }
 
 /// Applies a delivery step to the reminder behind `job_id`, forward only
