@@ -186,7 +186,7 @@ pub struct WebhookStats {
     pub statuses_delivered: u64,
     /// Inbound messages carried by successful POSTs.
     pub messages_delivered: u64,
-    /// Webhooks dropped because no webhook URL is configured.
+    /// Webhooks dropped because no webhook URL is configured (a send's statuses count once).
     pub skipped_no_url: u64,
 }
 
