@@ -535,12 +535,22 @@ mod tests {
 
     #[test]
     fn peak_reset_forgets_a_freed_allocation() {
+        use std::alloc::{GlobalAlloc, Layout, System};
         const BIG: usize = 64 << 20;
         let pid = std::process::id();
-        // Every byte written, so it is resident; large enough that free() returns it to the kernel.
-        let buffer = vec![1_u8; BIG];
-        assert_eq!(buffer[BIG - 1], 1);
-        drop(buffer);
+        // Every byte written, so it is resident. Taken from the system allocator, which maps a block
+        // this large on its own and unmaps it when freed (the global allocator, jemalloc, may keep
+        // freed memory for reuse a little longer).
+        let layout = Layout::from_size_align(BIG, 4096).expect("layout");
+        // SAFETY: `layout` has a non-zero size; the block is written within its size and freed
+        // once, with the same layout, by the allocator that gave it.
+        unsafe {
+            let block = System.alloc(layout);
+            assert!(!block.is_null());
+            std::ptr::write_bytes(block, 1, BIG);
+            assert_eq!(*block.add(BIG - 1), 1);
+            System.dealloc(block, layout);
+        }
         let before = read_memory(pid).expect("own status");
         assert!(before.hwm_kib >= before.rss_kib + (BIG as u64 >> 10) / 2);
         reset_peak(pid).expect("resetting our own peak");
