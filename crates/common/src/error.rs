@@ -50,6 +50,12 @@ pub trait Contract: Serialize + DeserializeOwned + JsonSchema {
 
 /// Decodes and validates a contract message, naming the bad field on failure.
 pub fn decode<T: Contract>(bytes: &[u8]) -> Result<T, ContractError> {
+    // Tracking the path costs a third of the decoding time on every message; it is only needed to
+    // name the field of a bad one, so a message that decodes is decoded without it.
+    if let Ok(value) = serde_json::from_slice::<T>(bytes) {
+        value.validate()?;
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
