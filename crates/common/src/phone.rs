@@ -58,6 +58,20 @@ impl E164 {
         normalize(&format!("+{digits}"))
     }
 
+    /// Takes back a number [`E164::parse`] produced earlier (e.g. carried in a header), checking
+    /// only its form (`+`, then 7 to 15 digits, the first not 0).
+    pub fn from_normalized(value: &str) -> Result<Self, PhoneError> {
+        let digits = value.strip_prefix('+').unwrap_or_default();
+        let well_formed = (7..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if well_formed {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(PhoneError::Invalid(value.to_owned()))
+        }
+    }
+
     /// The number with its leading `+`.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -145,6 +159,29 @@ fn normalize(input: &str) -> Result<E164, PhoneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_normalized_number_is_taken_back_as_it_is_and_anything_else_is_refused() {
+        for (input, normalized) in VALID {
+            let parsed = E164::parse(input).expect("valid");
+            assert_eq!(parsed.as_str(), *normalized);
+            assert_eq!(
+                E164::from_normalized(parsed.as_str()).expect("well formed"),
+                parsed
+            );
+        }
+        for bad in [
+            "",
+            "+",
+            "6281234567890",
+            "+0812345678",
+            "+62 812 3456",
+            "+62812345678901234",
+            "+62812x4567890",
+        ] {
+            assert!(E164::from_normalized(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     /// Real-world forms seen in Indonesian CRMs, forms and chats.
     const VALID: &[(&str, &str)] = &[

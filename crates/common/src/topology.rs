@@ -112,6 +112,9 @@ pub const HEADER_ORIGINAL_ROUTING_KEY: &str = "x-wa-original-routing-key";
 pub const HEADER_ATTEMPT: &str = "x-wa-attempt";
 /// AMQP header with the tenant, so dead letters can be replayed per tenant without parsing bodies.
 pub const HEADER_TENANT_ID: &str = "x-wa-tenant-id";
+/// AMQP header the sender's intake sets on a job it moves to a dispatch queue: `to` in E.164, so
+/// dispatch does not parse the number again.
+pub const HEADER_TO_E164: &str = "x-wa-to-e164";
 
 /// Kind of an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use wa_common::contracts::send_job::{MessageContent, SendJob};
 use wa_common::decode;
 use wa_common::meta::send_message_body;
 use wa_common::phone::E164;
+use wa_common::topology::HEADER_TO_E164;
 use wa_db::models::sender::{self as q, AttemptResult, SendJobRow};
 
 use crate::batch::{Accepted, JobRecord};
@@ -94,10 +95,12 @@ impl Dispatcher {
         let tenant_id = ctx.tenant.tenant_id.as_str();
         let trace = Some(msg.trace_context.clone());
         let decoded = decode::<SendJob>(&msg.body);
-        let to = decoded
-            .as_ref()
-            .ok()
-            .and_then(|job| E164::parse(&job.to).ok());
+        // Intake normalised `to` already (parsing a number is a good part of a job's CPU time).
+        let to = decoded.as_ref().ok().and_then(|job| {
+            msg.header_str(HEADER_TO_E164)
+                .and_then(|to| E164::from_normalized(&to).ok())
+                .or_else(|| E164::parse(&job.to).ok())
+        });
         // Every delivery enters the sequencer before anything else: jobs to one recipient are
         // handled in delivery order (single active consumer: publish order); others concurrently.
         let key = to.as_ref().map(|to| to.as_str().to_owned());
@@ -200,7 +203,7 @@ impl Dispatcher {
             let mut claimed = None;
             let mut recorded_here = false;
             loop {
-                let Ok(slot) = ctx
+                let Ok(mut slot) = ctx
                     .limiter
                     .acquire(job.priority, msg.sequence, claimed.is_some())
                     .await
@@ -212,9 +215,10 @@ impl Dispatcher {
                 };
                 if claimed.is_none() {
                     let granted = tokio::time::Instant::now();
-                    match deps.writes.claim.submit(claim_key.clone()).await {
+                    let claim = deps.writes.claim.submit(claim_key.clone()).await;
+                    slot.claimed(matches!(claim, Ok(Some(_))).then(|| granted.elapsed()));
+                    match claim {
                         Ok(Some(claim)) => {
-                            ctx.limiter.observe_claim(granted.elapsed());
                             claimed = Some(claim);
                         }
                         Ok(None) => {
@@ -245,7 +249,8 @@ impl Dispatcher {
                         Err(error) => return infra("could not claim the job", &error),
                     }
                 }
-                let tolerance = ctx.limiter.tolerance();
+                let tolerance = slot.tolerance;
+                let slot = slot.at;
                 let late = if tokio::time::Instant::now() <= slot + tolerance {
                     tokio::time::sleep_until(slot).await;
                     // Checked again after the wake-up: on a starved host the task can wake late,

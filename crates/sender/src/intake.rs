@@ -7,12 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wa_amqp::lapin::types::{AMQPValue, FieldTable};
 use wa_amqp::{Handler, IncomingMessage, Outcome, PublishOptions};
 use wa_common::contracts::outcome::FailureReason;
 use wa_common::contracts::send_job::SendJob;
 use wa_common::decode;
 use wa_common::phone::E164;
-use wa_common::topology::{exchange, sender_dispatch_queue};
+use wa_common::topology::{HEADER_TO_E164, exchange, sender_dispatch_queue};
 use wa_db::models::sender::SendJobRow;
 
 use crate::batch::JobRecord;
@@ -68,13 +69,17 @@ impl Handler for Intake {
         let deps = &self.deps;
         let trace = Some(msg.trace_context.clone());
         let decoded = decode::<SendJob>(&msg.body);
+        let to = decoded
+            .as_ref()
+            .ok()
+            .and_then(|job| E164::parse(&job.to).ok());
         // Every delivery enters the sequencer first (before any other await): one recipient's jobs
         // are moved on in delivery order, which is publish order (single active consumer).
-        let key = decoded.as_ref().ok().and_then(|job| {
-            E164::parse(&job.to)
-                .ok()
-                .map(|to| format!("{}/{}", job.tenant_id, to))
-        });
+        let key = decoded
+            .as_ref()
+            .ok()
+            .zip(to.as_ref())
+            .map(|(job, to)| format!("{}/{}", job.tenant_id, to));
         let _turn = self.order.enter(msg.sequence, key).await;
         let job = match decoded {
             Ok(job) => job,
@@ -131,7 +136,6 @@ impl Handler for Intake {
             }
             return Outcome::dead_letter("unknown_tenant", detail);
         }
-        let to = E164::parse(&job.to).ok();
         if let Some(to) = &to {
             job_ref.to = to.as_str().to_owned();
         }
@@ -215,9 +219,17 @@ impl Handler for Intake {
             }
         }
         let queue = sender_dispatch_queue(job.tenant_id.as_str(), job.priority.as_str()).name;
+        let mut headers = FieldTable::default();
+        if let Some(to) = &to {
+            headers.insert(
+                HEADER_TO_E164.into(),
+                AMQPValue::LongString(to.as_str().into()),
+            );
+        }
         let options = PublishOptions {
             message_id: msg.message_id.clone(),
             tenant_id: Some(job.tenant_id.as_str().to_owned()),
+            headers,
             trace_context: trace,
             ..PublishOptions::default()
         };

@@ -1,9 +1,10 @@
 //! The per-business-number throughput cap, correct across any number of replicas.
 //!
 //! Every send takes a slot from a sliding-window log kept in PostgreSQL (`rate_limits`, one row
-//! per phone number id, function `reserve_send_slots`): a slot is never less than a window of
-//! `1 s × (1 + margin)` after the slot `rate` places before it, and never less than a spacing floor
-//! after the previous one. Reservations of all replicas go through the same row under its lock, so
+//! per phone number id, function `reserve_send_slots`). Each slot comes with an allowance: how late
+//! its send may start (the tolerance near the cap, [`LOOSE_ALLOWANCE`] far below it). A slot is
+//! never less than `1 s × (1 + margin) - tolerance` after the latest start allowed to the slot
+//! `rate` places before it, and never less than a spacing floor after the previous one. Reservations of all replicas go through the same row under its lock, so
 //! the sum over replicas stays at most `rate` in any one-second window, even right after an idle
 //! period or a failover; the small margin absorbs network jitter between us and Meta's own
 //! sliding window. Unlike a fixed pace of one slot per `1/rate`, a quiet number sends a full
@@ -12,8 +13,8 @@
 //!
 //! Slots are reserved at least a lead in the future and handed out that early (see
 //! [`SLOT_LEAD`]), so the job is claimed in the database before its slot and the Graph call starts
-//! on time; a send that still misses its slot by more than [`RateLimiter::tolerance`] takes a new
-//! slot instead of bunching up, as a *prepared* waiter (served first, [`PREPARED_LEAD`] ahead).
+//! on time; a send that still misses its slot by more than its allowance ([`Slot::tolerance`]) takes
+//! a new slot instead of bunching up, as a *prepared* waiter (served first, [`PREPARED_LEAD`] ahead).
 //!
 //! In the process, one pump per number reserves slots in batches (a quarter of the cap at most, so
 //! one round trip serves many sends at high rates), the next batch while the current one is being
@@ -23,7 +24,7 @@
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,9 +52,18 @@ pub const MAX_LEAD: Duration = Duration::from_millis(250);
 /// wake-up.
 pub const PREPARED_LEAD: Duration = Duration::from_millis(2);
 /// A send that could not start within this much after its slot (or half the margin's jitter
-/// budget, when that is more: see [`RateLimiter::tolerance`]) gives the slot up and takes a new
+/// budget, when that is more; see [`Slot::tolerance`]) gives the slot up and takes a new
 /// one: a late send could otherwise land in the next second together with that second's own sends.
 pub const SLOT_TOLERANCE: Duration = Duration::from_millis(5);
+
+/// How late a send may start after its slot while its number runs far below the cap (the slots
+/// still binding and the waiting sends under a quarter of it): on a busy host a claim or a
+/// wake-up can take tens of milliseconds longer than planned, and with the window nowhere near
+/// full a late start costs nothing. The database keeps the window rule on the slots' ends, so the
+/// cap holds however late within the allowance they start; the price is paid only when a quiet
+/// number suddenly fills its window: the first window's slots push the next one back by at most
+/// this much, once.
+pub const LOOSE_ALLOWANCE: Duration = Duration::from_millis(50);
 
 /// The next batch of slots is reserved this long (plus the lead) before the reserved ones run
 /// out, so the reservation's round trip (on a dedicated connection) never leaves a gap.
@@ -65,6 +75,14 @@ const RESERVE_RETRY: Duration = Duration::from_millis(200);
 /// window's worth takes a quarter of it instead of firing at one instant, which keeps the burst
 /// gentle on Meta and on our own CPU while still finishing a broadcast's first second early.
 pub const PEAK_FACTOR: u32 = 4;
+
+/// At most this many slots are out with sends still claiming their jobs. The claims of a batch
+/// of slots are written in batches too; at high caps (or with no effective cap) a pump that handed
+/// out every waiting send at once would queue thousands of claims behind each other, most of which
+/// would come back after their slot and miss it. Bounding the hand-outs by the claims in flight
+/// makes the pump follow what the database absorbs, and reservations follow the hand-outs. At
+/// ordinary caps (80, 1,000/s) the bound never binds.
+pub const CLAIMS_IN_FLIGHT: usize = 256;
 
 /// Granularity of tokio's timer.
 const TIMER_TICK: Duration = Duration::from_millis(1);
@@ -79,15 +97,15 @@ struct Inner {
     key: String,
     phone_number_id: String,
     shape: SlotWindow,
-    /// How late after its slot a send may still start.
-    tolerance: Duration,
     /// The lead before any claim latency is known (see [`SLOT_LEAD`]).
     base_lead: Duration,
     /// Recent average time from a send getting its slot to its job being claimed, in µs.
     claim_us: AtomicU64,
+    /// Slots handed out whose send is still claiming its job (see [`CLAIMS_IN_FLIGHT`]).
+    claiming: AtomicUsize,
     batch_max: usize,
     pool: PgPool,
-    waiters: Mutex<BinaryHeap<Waiter>>,
+    waiters: Mutex<Waiters>,
     wake: Notify,
 }
 
@@ -96,7 +114,7 @@ struct Waiter {
     prepared: bool,
     rank: u8,
     seq: u64,
-    tx: oneshot::Sender<Instant>,
+    tx: oneshot::Sender<Slot>,
 }
 
 impl PartialEq for Waiter {
@@ -121,6 +139,31 @@ impl Ord for Waiter {
     }
 }
 
+/// The sends waiting for a slot, most urgent first, and how many of them are prepared (counted as
+/// they come and go: the pump asks on every turn).
+#[derive(Default)]
+struct Waiters {
+    heap: BinaryHeap<Waiter>,
+    prepared: usize,
+}
+
+impl Waiters {
+    fn push(&mut self, waiter: Waiter) {
+        self.prepared += usize::from(waiter.prepared);
+        self.heap.push(waiter);
+    }
+
+    fn pop(&mut self) -> Option<Waiter> {
+        let waiter = self.heap.pop()?;
+        self.prepared -= usize::from(waiter.prepared);
+        Some(waiter)
+    }
+
+    fn peek(&self) -> Option<&Waiter> {
+        self.heap.peek()
+    }
+}
+
 fn rank(priority: Priority) -> u8 {
     match priority {
         Priority::Interactive => 0,
@@ -133,11 +176,55 @@ fn rank(priority: Priority) -> u8 {
 /// `1 s + margin`, at least `window / rate / PEAK_FACTOR` apart.
 pub fn slot_window(rate_per_second: u32, margin_permille: u32) -> SlotWindow {
     let cap = rate_per_second.max(1);
-    let window = Duration::from_secs(1) + Duration::from_millis(u64::from(margin_permille));
+    let margin = Duration::from_millis(u64::from(margin_permille));
+    let window = Duration::from_secs(1) + margin;
+    // Two sends a window apart may be delayed differently by up to the margin before a second
+    // holds `rate + 1` of them; our own lateness takes at most half of that (at least
+    // SLOT_TOLERANCE), the network and Meta the rest.
+    let tolerance = SLOT_TOLERANCE.max(margin / 2);
     SlotWindow {
         cap,
         window,
         spacing: window / cap / PEAK_FACTOR,
+        tolerance,
+        loose_allowance: LOOSE_ALLOWANCE.max(tolerance),
+    }
+}
+
+/// A granted send slot.
+pub struct Slot {
+    /// When the send may start (not before, and not more than `tolerance` after).
+    pub at: Instant,
+    /// How late after `at` the send may still start; later, it must give the slot up and take
+    /// another (see [`LOOSE_ALLOWANCE`]).
+    pub tolerance: Duration,
+    /// Held while the send claims its job (slots for unclaimed sends only); released by
+    /// [`Slot::claimed`] or when the slot is dropped.
+    claiming: Option<ClaimInFlight>,
+}
+
+impl Slot {
+    /// The send's claim came back (successfully or not) after `took`: the slot no longer counts
+    /// against [`CLAIMS_IN_FLIGHT`], and a successful claim's time feeds the lead.
+    pub fn claimed(&mut self, took: Option<Duration>) {
+        // Taking the count out of the slot releases it (see `ClaimInFlight::drop`).
+        if let Some(claiming) = self.claiming.take()
+            && let Some(took) = took
+        {
+            claiming.inner.observe_claim(took);
+        }
+    }
+}
+
+/// One slot counted in [`Inner::claiming`] until dropped.
+struct ClaimInFlight {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ClaimInFlight {
+    fn drop(&mut self) {
+        self.inner.claiming.fetch_sub(1, Ordering::Relaxed);
+        self.inner.wake.notify_one();
     }
 }
 
@@ -164,16 +251,12 @@ impl RateLimiter {
                 key: format!("sender:{phone_number_id}"),
                 phone_number_id: phone_number_id.to_owned(),
                 shape,
-                // With at most `rate` slots in `1 s + margin`, two sends a window apart may be
-                // delayed differently by up to the margin before a second holds `rate + 1` of
-                // them; our own lateness takes at most half of that, the network and Meta the rest.
-                tolerance: SLOT_TOLERANCE
-                    .max(shape.window.saturating_sub(Duration::from_secs(1)) / 2),
                 base_lead: (average_interval * 4).clamp(MIN_LEAD, SLOT_LEAD),
                 claim_us: AtomicU64::new(0),
+                claiming: AtomicUsize::new(0),
                 batch_max,
                 pool,
-                waiters: Mutex::new(BinaryHeap::new()),
+                waiters: Mutex::new(Waiters::default()),
                 wake: Notify::new(),
             }),
         }
@@ -181,9 +264,9 @@ impl RateLimiter {
 
     /// Waits for a send slot; more urgent priorities are served first, then the lowest `order`
     /// (the delivery's position in its queue, so a priority's jobs go out in publish order
-    /// although their handlers reach the limiter in any order). Returns the slot's instant, one
-    /// lead ahead at most: prepare the send, then start it at (not before, and not more than
-    /// [`RateLimiter::tolerance`] after) that instant.
+    /// although their handlers reach the limiter in any order). Returns the slot, one lead ahead
+    /// of its instant at most: claim the job (then call [`Slot::claimed`]), then start the send at
+    /// (not before, and not more than [`Slot::tolerance`] after) that instant.
     ///
     /// `prepared`: the job is claimed already (the send missed its slot and needs another). Such
     /// sends get slots first and only [`PREPARED_LEAD`] ahead, since nothing is left to do
@@ -193,7 +276,7 @@ impl RateLimiter {
         priority: Priority,
         order: u64,
         prepared: bool,
-    ) -> Result<Instant, LimiterStopped> {
+    ) -> Result<Slot, LimiterStopped> {
         let (tx, rx) = oneshot::channel();
         self.lock().push(Waiter {
             prepared,
@@ -205,26 +288,7 @@ impl RateLimiter {
         rx.await.map_err(|_| LimiterStopped)
     }
 
-    /// How late after its slot a send may still start; later, it must give the slot up and
-    /// acquire another.
-    pub fn tolerance(&self) -> Duration {
-        self.inner.tolerance
-    }
-
-    /// Reports how long a send took from getting its slot to having its job claimed; the lead
-    /// follows the recent average (see [`SLOT_LEAD`]).
-    pub fn observe_claim(&self, took: Duration) {
-        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let _ = self
-            .inner
-            .claim_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
-                // Exponential moving average over roughly the last eight claims.
-                Some(avg - avg / 8 + took / 8)
-            });
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Waiter>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.inner
             .waiters
             .lock()
@@ -238,8 +302,9 @@ impl RateLimiter {
     /// database round trip never opens a gap in the schedule while sends are waiting.
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = &self.inner;
-        let mut reserved: VecDeque<Instant> = VecDeque::new();
-        let mut reserving: Option<JoinHandle<anyhow::Result<Vec<Instant>>>> = None;
+        // Reserved slots and how late their sends may start, ascending.
+        let mut reserved: VecDeque<(Instant, Duration)> = VecDeque::new();
+        let mut reserving: Option<JoinHandle<anyhow::Result<Reserved>>> = None;
         let mut retry_at: Option<Instant> = None;
         // Our latest slots (at most `cap`), as read on our clock.
         let mut ours = LocalWindow::new(inner.shape);
@@ -249,21 +314,28 @@ impl RateLimiter {
         loop {
             let now = Instant::now();
             // A slot whose instant passed unused is gone: the cap is only ever under-used.
-            while reserved.front().is_some_and(|slot| *slot < now) {
+            while reserved.front().is_some_and(|(slot, _)| *slot < now) {
                 reserved.pop_front();
                 unused.increment(1);
             }
             // Hand out every slot whose hand-out time has come, most urgent waiter first. Handing a
             // slot out up to a timer tick early is harmless (its waiter still starts at the slot);
             // sleeping for every sub-millisecond slot would cap us near 1,000/s.
-            while let Some(&slot) = reserved.front() {
-                let Some(lead) = self.next_lead() else {
+            while let Some(&(slot, allowance)) = reserved.front() {
+                let Some((lead, prepared)) = self.next_lead() else {
                     break;
                 };
                 if slot.checked_sub(lead).unwrap_or(slot) > now + TIMER_TICK {
                     break;
                 }
-                if !self.hand_out(slot) {
+                if !prepared && slot < now + inner.claim_time() {
+                    // Too close for a send that still has to claim its job (the pump woke late,
+                    // or the slot was reserved for claimed sends): it would only miss it.
+                    reserved.pop_front();
+                    unused.increment(1);
+                    continue;
+                }
+                if !self.hand_out(slot, allowance) {
                     break;
                 }
                 reserved.pop_front();
@@ -277,29 +349,47 @@ impl RateLimiter {
                 rate_gauge.set(granted_in_second.len() as f64);
             }
             // Reserve more when sends wait beyond the reserved slots and those run out soon.
-            let waiting = self.lock().len();
-            let wanted = waiting.saturating_sub(reserved.len());
-            if wanted > 0
+            // No more slots than can be handed out: one per claimed send, plus what the claims in
+            // flight leave room for; and not a trickle of tiny reservations while claims finish.
+            let (prepared, unclaimed) = self.waiting_by_kind();
+            let wanted = (prepared + unclaimed).saturating_sub(reserved.len());
+            let room = CLAIMS_IN_FLIGHT
+                .saturating_sub(inner.claiming.load(Ordering::Relaxed))
+                .saturating_add(prepared)
+                .saturating_sub(reserved.len());
+            // Claimed sends first, on their own short lead: a slot that short is no use to a send
+            // that still has to claim its job.
+            let (count, lead) = if prepared > reserved.len() {
+                (
+                    (prepared - reserved.len()).min(inner.batch_max),
+                    PREPARED_LEAD,
+                )
+            } else {
+                let count = wanted.min(inner.batch_max).min(room);
+                let enough = count >= wanted.min(inner.batch_max).min(CLAIMS_IN_FLIGHT / 4);
+                (if enough { count } else { 0 }, inner.lead())
+            };
+            if count > 0
                 && reserving.is_none()
                 && retry_at.is_none_or(|at| at <= now)
                 && reserved
                     .back()
-                    .is_none_or(|last| *last < now + inner.lead() + REFILL_AHEAD)
+                    .is_none_or(|(last, _)| *last < now + inner.lead() + REFILL_AHEAD)
             {
                 retry_at = None;
-                let count = wanted.min(inner.batch_max);
-                // Slots for claimed sends only need the short lead.
-                let lead = if self.lock().iter().all(|w| w.prepared) {
-                    PREPARED_LEAD
-                } else {
-                    inner.lead()
-                };
-                reserving = Some(tokio::spawn(reserve(self.inner.clone(), count, lead)));
+                // What this replica expects to ask for: every waiting send, and what it holds.
+                let demand = prepared + unclaimed + reserved.len();
+                reserving = Some(tokio::spawn(reserve(
+                    self.inner.clone(),
+                    count,
+                    demand,
+                    lead,
+                )));
             }
             // Sleep until the next thing to do: a hand-out (or, with nobody waiting, the front
             // slot's expiry), the reservation's answer, a retry, or a new waiter.
-            let next_hand_out = reserved.front().map(|slot| match self.next_lead() {
-                Some(lead) => slot.checked_sub(lead).unwrap_or(*slot),
+            let next_hand_out = reserved.front().map(|(slot, _)| match self.next_lead() {
+                Some((lead, _)) => slot.checked_sub(lead).unwrap_or(*slot),
                 None => *slot,
             });
             let next_retry = retry_at.filter(|_| wanted > 0);
@@ -314,9 +404,9 @@ impl RateLimiter {
                 answer = join_some(&mut reserving) => {
                     reserving = None;
                     match answer {
-                        Ok(slots) => {
+                        Ok((slots, allowance)) => {
                             for slot in slots {
-                                reserved.push_back(ours.admit(slot));
+                                reserved.push_back((ours.admit(slot, allowance), allowance));
                             }
                         }
                         Err(error) => {
@@ -331,26 +421,57 @@ impl RateLimiter {
             task.abort();
         }
         // Wake every waiter with an error (their sender is dropped).
-        self.lock().clear();
+        *self.lock() = Waiters::default();
+    }
+
+    /// How many waiters have their job claimed already, and how many have not.
+    fn waiting_by_kind(&self) -> (usize, usize) {
+        let waiters = self.lock();
+        (waiters.prepared, waiters.heap.len() - waiters.prepared)
     }
 
     /// How long before a slot the next waiter must get it: [`PREPARED_LEAD`] for a claimed send,
-    /// the lead otherwise; `None` when nobody waits.
-    fn next_lead(&self) -> Option<Duration> {
+    /// the lead otherwise; `None` when nobody waits, or the next one must wait for a claim in
+    /// flight to finish.
+    fn next_lead(&self) -> Option<(Duration, bool)> {
         let waiters = self.lock();
         let next = waiters.peek()?;
-        Some(if next.prepared {
-            PREPARED_LEAD
+        if next.prepared {
+            Some((PREPARED_LEAD, true))
         } else {
-            self.inner.lead()
-        })
+            // Waiting for a claim in flight to finish (which wakes the pump).
+            self.inner
+                .may_start_claim()
+                .then(|| (self.inner.lead(), false))
+        }
     }
 
-    /// Gives `slot` to the most urgent waiter still listening; false when nobody waits.
-    fn hand_out(&self, slot: Instant) -> bool {
+    /// Gives `slot` to the most urgent waiter still listening; false when nobody waits, or when
+    /// that waiter still has to claim its job and [`CLAIMS_IN_FLIGHT`] are already claiming.
+    fn hand_out(&self, slot: Instant, tolerance: Duration) -> bool {
         loop {
-            let Some(waiter) = self.lock().pop() else {
+            let waiter = {
+                let mut waiters = self.lock();
+                match waiters.peek() {
+                    None => return false,
+                    Some(next) if !next.prepared && !self.inner.may_start_claim() => return false,
+                    Some(_) => waiters.pop(),
+                }
+            };
+            let Some(waiter) = waiter else {
                 return false;
+            };
+            let claiming = (!waiter.prepared).then(|| {
+                self.inner.claiming.fetch_add(1, Ordering::Relaxed);
+                ClaimInFlight {
+                    inner: self.inner.clone(),
+                }
+            });
+            // A waiter gone meanwhile drops the slot, and with it its claim count.
+            let slot = Slot {
+                at: slot,
+                tolerance,
+                claiming,
             };
             if waiter.tx.send(slot).is_ok() {
                 return true;
@@ -368,8 +489,8 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 /// The reservation's answer; pending forever when none is in flight.
 async fn join_some(
-    task: &mut Option<JoinHandle<anyhow::Result<Vec<Instant>>>>,
-) -> anyhow::Result<Vec<Instant>> {
+    task: &mut Option<JoinHandle<anyhow::Result<Reserved>>>,
+) -> anyhow::Result<Reserved> {
     match task {
         Some(task) => task.await?,
         None => std::future::pending().await,
@@ -377,68 +498,108 @@ async fn join_some(
 }
 
 impl Inner {
+    /// Records how long a send took from getting its slot to having its job claimed; the lead
+    /// follows the recent average (see [`SLOT_LEAD`]).
+    fn observe_claim(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .claim_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                // Exponential moving average over roughly the last eight claims.
+                Some(avg - avg / 8 + took / 8)
+            });
+    }
+
+    /// Whether a slot may go to a send that still has to claim its job.
+    fn may_start_claim(&self) -> bool {
+        self.claiming.load(Ordering::Relaxed) < CLAIMS_IN_FLIGHT
+    }
+
+    /// The recent average claim time.
+    fn claim_time(&self) -> Duration {
+        Duration::from_micros(self.claim_us.load(Ordering::Relaxed))
+    }
+
     /// The current lead: the base one, or twice the recent claim time when longer (bounded).
     fn lead(&self) -> Duration {
-        let claims = Duration::from_micros(self.claim_us.load(Ordering::Relaxed).saturating_mul(2));
+        let claims = self.claim_time() * 2;
         self.base_lead.max(claims).min(MAX_LEAD)
     }
 }
 
-/// Reserves `count` slots; answers their instants on our clock, ascending.
-async fn reserve(inner: Arc<Inner>, count: usize, lead: Duration) -> anyhow::Result<Vec<Instant>> {
+/// Slots reserved in one call, on our clock (ascending), and how late their sends may start.
+type Reserved = (Vec<Instant>, Duration);
+
+/// Reserves `count` slots; answers their instants on our clock, ascending, and how late their
+/// sends may start.
+async fn reserve(
+    inner: Arc<Inner>,
+    count: usize,
+    demand: usize,
+    lead: Duration,
+) -> anyhow::Result<Reserved> {
     let mut conn = inner.pool.get().await?;
-    let delays = wa_db::models::sender::reserve_send_slots(
+    let reservation = wa_db::models::sender::reserve_send_slots(
         &mut conn,
         &inner.key,
         inner.shape,
         u32::try_from(count).unwrap_or(u32::MAX),
+        u32::try_from(demand).unwrap_or(u32::MAX),
         lead,
     )
     .await?;
     let answered = Instant::now();
-    Ok(delays
+    let slots = reservation
+        .delays
         .into_iter()
         .map(|delay| answered + Duration::from_secs_f64(delay.max(0.0)))
-        .collect())
+        .collect();
+    Ok((slots, reservation.allowance))
 }
 
 /// The database's rule applied again to our own slots on our clock: each batch's reading of the
 /// database instants is off by a different fraction of a round trip, which must not squeeze two of
-/// our slots closer than the spacing, or `cap + 1` of them into one window.
+/// our slots closer than the spacing, or `cap + 1` of their sends into one window.
 struct LocalWindow {
     shape: SlotWindow,
-    recent: VecDeque<Instant>,
+    /// The latest slot.
+    last: Option<Instant>,
+    /// Ends (slot + allowance, as a running maximum) of our latest slots, oldest first.
+    ends: VecDeque<Instant>,
 }
 
 impl LocalWindow {
     fn new(shape: SlotWindow) -> Self {
         Self {
             shape,
-            recent: VecDeque::new(),
+            last: None,
+            ends: VecDeque::new(),
         }
     }
 
-    /// Records `slot`, moved later when needed to keep the spacing and the window.
-    fn admit(&mut self, slot: Instant) -> Instant {
+    /// Records `slot`, whose send may start up to `allowance` late, moved later when needed to
+    /// keep the spacing and the window (between ends, as the database does).
+    fn admit(&mut self, slot: Instant, allowance: Duration) -> Instant {
+        let gap = self.shape.window.saturating_sub(self.shape.tolerance);
         let mut slot = slot;
-        if let Some(last) = self.recent.back() {
-            slot = slot.max(*last + self.shape.spacing);
+        if let Some(last) = self.last {
+            slot = slot.max(last + self.shape.spacing);
         }
         let cap = usize::try_from(self.shape.cap).unwrap_or(usize::MAX);
-        if self.recent.len() >= cap
-            && let Some(first) = self.recent.get(self.recent.len() - cap)
+        if self.ends.len() >= cap
+            && let Some(end) = self.ends.get(self.ends.len() - cap)
         {
-            slot = slot.max(*first + self.shape.window);
+            slot = slot.max(*end + gap);
         }
-        self.recent.push_back(slot);
-        // Later slots come after this one: a slot a window before it can bind none of them.
-        while self.recent.len() > cap
-            || self
-                .recent
-                .front()
-                .is_some_and(|first| *first + self.shape.window <= slot)
-        {
-            self.recent.pop_front();
+        let end = self
+            .ends
+            .back()
+            .map_or(slot + allowance, |last| (*last).max(slot + allowance));
+        self.ends.push_back(end);
+        self.last = Some(slot);
+        // Later slots come after this one: an end a gap before it can bind none of them.
+        while self.ends.len() > cap || self.ends.front().is_some_and(|first| *first + gap <= slot) {
+            self.ends.pop_front();
         }
         slot
     }
@@ -454,19 +615,34 @@ mod tests {
             cap: 3,
             window: Duration::from_millis(1_000),
             spacing: Duration::from_millis(100),
+            tolerance: Duration::from_millis(10),
+            loose_allowance: Duration::from_millis(50),
         };
-        let mut ours = LocalWindow::new(shape);
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
+        let tight = shape.tolerance;
         // A batch read a little early overlaps the previous one: moved to the spacing, then to the
         // window after the third slot.
+        let mut ours = LocalWindow::new(shape);
         let admitted: Vec<Instant> = [0, 100, 150, 190, 1_150, 5_000]
             .into_iter()
-            .map(|at| ours.admit(ms(at)))
+            .map(|at| ours.admit(ms(at), tight))
             .collect();
         assert_eq!(
             admitted,
             vec![ms(0), ms(100), ms(200), ms(1_000), ms(1_150), ms(5_000)]
+        );
+        // A slot that may start 50 ms late keeps the next window a gap after its latest start
+        // (and so do the slots after it, whose ends are a running maximum).
+        let mut ours = LocalWindow::new(shape);
+        let admitted: Vec<Instant> = [(0, shape.loose_allowance), (0, tight), (0, tight)]
+            .into_iter()
+            .chain([(0, tight); 2])
+            .map(|(at, allowance)| ours.admit(ms(at), allowance))
+            .collect();
+        assert_eq!(
+            admitted,
+            vec![ms(0), ms(100), ms(200), ms(1_040), ms(1_140)]
         );
     }
 

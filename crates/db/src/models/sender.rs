@@ -580,6 +580,17 @@ pub async fn template_status(
 struct Reserved {
     #[diesel(sql_type = Array<Double>)]
     delays: Vec<f64>,
+    #[diesel(sql_type = BigInt)]
+    allowance_us: i64,
+}
+
+/// Send slots reserved by [`reserve_send_slots`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    /// How many seconds from now each slot is, ascending.
+    pub delays: Vec<f64>,
+    /// How late after its slot each send may still start.
+    pub allowance: Duration,
 }
 
 /// The shape of the send slots of one key (one business phone number), shared by all replicas.
@@ -591,6 +602,11 @@ pub struct SlotWindow {
     pub window: Duration,
     /// The least time between two consecutive slots.
     pub spacing: Duration,
+    /// How late after its slot a send may start when the number runs near its cap: our share of
+    /// the window's margin (the window rule keeps `window - tolerance` between ends).
+    pub tolerance: Duration,
+    /// How late it may start when the number runs far below its cap (at least `tolerance`).
+    pub loose_allowance: Duration,
 }
 
 impl SlotWindow {
@@ -608,30 +624,41 @@ impl SlotWindow {
 
 /// Sliding-window reservation shared by all replicas: reserves `count` send slots for `key`, none
 /// earlier than `lead` from now (so the caller has time to prepare each send before its slot),
-/// at most `shape.cap` in any `shape.window` and at least `shape.spacing` apart, and returns how
-/// many seconds from now each slot is (ascending). Measured on the database clock, so replicas on
-/// different hosts agree; the row lock serialises concurrent callers, so the window holds
-/// whichever replica asks (function `reserve_send_slots`, migration
-/// `2026-11-27-090000_rate_limits_sliding_window`).
+/// at least `shape.spacing` apart, and never more than `shape.cap` of them in any
+/// `shape.window - shape.tolerance` however late within their allowance their sends start. The
+/// allowance is `shape.loose_allowance` while the slots still binding plus `demand` (the sends the
+/// caller expects within a window) are at most a quarter of the cap, else `shape.tolerance`.
+/// Measured on the database clock, so replicas on different hosts agree; the row lock serialises
+/// concurrent callers, so the window holds whichever replica asks (function `reserve_send_slots`,
+/// migration `2026-11-28-090000_rate_limits_slot_allowance`).
 pub async fn reserve_send_slots(
     conn: &mut AsyncPgConnection,
     key: &str,
     shape: SlotWindow,
     count: u32,
+    demand: u32,
     lead: Duration,
-) -> QueryResult<Vec<f64>> {
+) -> QueryResult<Reservation> {
     let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-    let reserved: Reserved =
-        diesel::sql_query("SELECT reserve_send_slots($1, $2, $3, $4, $5, $6) AS delays")
-            .bind::<Text, _>(key)
-            .bind::<Integer, _>(i32::try_from(shape.cap).unwrap_or(i32::MAX))
-            .bind::<BigInt, _>(micros(shape.window))
-            .bind::<BigInt, _>(micros(shape.spacing))
-            .bind::<Integer, _>(i32::try_from(count).unwrap_or(i32::MAX))
-            .bind::<BigInt, _>(micros(lead))
-            .get_result(conn)
-            .await?;
-    Ok(reserved.delays)
+    let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let reserved: Reserved = diesel::sql_query(
+        "SELECT delays, allowance_us FROM reserve_send_slots($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind::<Text, _>(key)
+    .bind::<Integer, _>(int(shape.cap))
+    .bind::<BigInt, _>(micros(shape.window))
+    .bind::<BigInt, _>(micros(shape.spacing))
+    .bind::<BigInt, _>(micros(shape.tolerance))
+    .bind::<BigInt, _>(micros(shape.loose_allowance))
+    .bind::<Integer, _>(int(count))
+    .bind::<Integer, _>(int(demand))
+    .bind::<BigInt, _>(micros(lead))
+    .get_result(conn)
+    .await?;
+    Ok(Reservation {
+        delays: reserved.delays,
+        allowance: Duration::from_micros(u64::try_from(reserved.allowance_us).unwrap_or(0)),
+    })
 }
 
 /// Pauses a tenant's sending (auth error); keeps the first pause time. True when it was not paused.
