@@ -3,7 +3,8 @@
 //! [`Outcome`]. No business logic lives here, and handlers never see lapin.
 //!
 //! Settling:
-//! - [`Outcome::Ack`] → `basic.ack`.
+//! - [`Outcome::Ack`] → `basic.ack`, coalesced with other acks into `multiple` acks (see
+//!   [`crate::acks`]).
 //! - [`Outcome::Retry`] → a copy (same body and properties, [`HEADER_ATTEMPT`] + 1) goes to the retry
 //!   tier exchange for the delay, keyed by this queue's name, **with a publisher confirm**, then the
 //!   original is acked. A crash in between yields a duplicate, never a loss.
@@ -35,8 +36,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Consumer};
@@ -52,6 +52,7 @@ use wa_common::topology::{
     HEADER_ORIGINAL_ROUTING_KEY, HEADER_TENANT_ID, exchange, retry_exchange_for, retry_tier_for,
 };
 
+use crate::acks::AckBatch;
 use crate::connection::Connection;
 use crate::error::{AmqpError, PublishError};
 use crate::publisher::{ConfirmChannel, DEFAULT_CONFIRM_TIMEOUT, await_confirm, publish_mandatory};
@@ -434,6 +435,7 @@ pub async fn run_consumer_with<H: Handler>(
     let mut tasks = JoinSet::new();
     let mut backoff = resubscribe_backoff();
     let mut session_channel: Option<Channel> = None;
+    let mut session_acks: Option<Arc<AckBatch>> = None;
     let mut next_sequence: u64 = 0;
     let watch = queue_metrics::watch(queue);
 
@@ -461,6 +463,7 @@ pub async fn run_consumer_with<H: Handler>(
             }
         };
         session_channel = Some(channel.clone());
+        let mut acks = AckBatch::start();
         backoff = resubscribe_backoff();
         health.set(true);
         watch.forget_started();
@@ -499,13 +502,17 @@ pub async fn run_consumer_with<H: Handler>(
                     };
                     let sequence = next_sequence;
                     next_sequence += 1;
+                    acks.delivered(delivery.delivery_tag);
                     let job = process(
                         handler.clone(),
                         delivery,
                         sequence,
                         queue_name.clone(),
-                        republish_channel,
-                        options.confirm_timeout,
+                        Session {
+                            republish: republish_channel,
+                            confirm_timeout: options.confirm_timeout,
+                            acks: acks.clone(),
+                        },
                         watch.clone(),
                     );
                     tasks.spawn(async move {
@@ -523,6 +530,9 @@ pub async fn run_consumer_with<H: Handler>(
                     match recovered {
                         Ok(()) => {
                             tracing::info!("consumer recovered");
+                            // Delivery tags start again on the recovered channel: a new batch.
+                            acks.finish().await;
+                            acks = AckBatch::start();
                             health.set(true);
                         }
                         Err(error) => break SessionEnd::Lost(error.to_string()),
@@ -535,9 +545,13 @@ pub async fn run_consumer_with<H: Handler>(
         match end {
             SessionEnd::Shutdown => {
                 stop_consuming(&channel, &mut consumer).await;
+                // Handlers still running ack after the drain; the flusher sends those last.
+                session_acks = Some(acks);
                 break Ok(());
             }
             SessionEnd::Lost(reason) => {
+                // The channel is gone: its deliveries come again, nothing of it can be acked.
+                acks.finish().await;
                 health.set(false);
                 if connection_is_gone(conn) {
                     break Err(AmqpError::ConnectionLost);
@@ -554,6 +568,10 @@ pub async fn run_consumer_with<H: Handler>(
 
     health.set(false);
     drain(&mut tasks, options.drain_timeout).await;
+    // The handlers have settled (or were aborted, unacked): send every ack they recorded.
+    if let Some(acks) = session_acks {
+        acks.finish().await;
+    }
     republish.close().await;
     if let Some(channel) = session_channel.filter(|c| c.status().connected())
         && let Err(error) = channel.close(200, "shutdown".into()).await
@@ -676,8 +694,7 @@ async fn process<H: Handler>(
     delivery: Delivery,
     sequence: u64,
     queue: Arc<str>,
-    republish: Option<Channel>,
-    confirm_timeout: Duration,
+    session: Session,
     watch: Arc<Watch>,
 ) {
     watch.started(queue_metrics::enqueued_at_ms(&delivery.properties));
@@ -707,8 +724,9 @@ async fn process<H: Handler>(
         routing_key: message.routing_key.clone(),
         attempt: message.attempt,
         queue: queue.clone(),
-        republish,
-        confirm_timeout,
+        republish: session.republish,
+        confirm_timeout: session.confirm_timeout,
+        acks: session.acks,
     };
 
     // The handler's future is created inside the span, so `#[instrument]`ed handlers (whose span
@@ -730,6 +748,14 @@ async fn process<H: Handler>(
         .await;
 }
 
+/// What a delivery's task gets from its consume session.
+struct Session {
+    /// Channel for retry and dead-letter copies (none when it could not be opened).
+    republish: Option<Channel>,
+    confirm_timeout: Duration,
+    acks: Arc<AckBatch>,
+}
+
 struct SettleContext {
     exchange: String,
     routing_key: String,
@@ -737,17 +763,19 @@ struct SettleContext {
     queue: Arc<str>,
     republish: Option<Channel>,
     confirm_timeout: Duration,
+    acks: Arc<AckBatch>,
 }
 
 async fn settle(delivery: &Delivery, outcome: Outcome, cx: &SettleContext) {
     let original_headers = delivery.properties.headers().clone().unwrap_or_default();
     match outcome {
-        Outcome::Ack => ack(delivery).await,
+        Outcome::Ack => cx.acks.ack(delivery).await,
         Outcome::Requeue => {
             report(
                 "basic.reject",
                 delivery.reject(BasicRejectOptions { requeue: true }).await,
             );
+            cx.acks.settled_otherwise(delivery.delivery_tag);
         }
         Outcome::Retry { delay } => {
             let attempt = cx.attempt.saturating_add(1);
@@ -764,9 +792,9 @@ async fn settle(delivery: &Delivery, outcome: Outcome, cx: &SettleContext) {
             match publish_copy(delivery, &target, headers, cx).await {
                 Ok(()) => {
                     tracing::info!(attempt, retry_exchange = %target, "scheduled a delayed retry");
-                    ack(delivery).await;
+                    cx.acks.ack(delivery).await;
                 }
-                Err(error) => give_back_after_failed_copy(delivery, "retry", &error).await,
+                Err(error) => give_back_after_failed_copy(delivery, "retry", &error, cx).await,
             }
         }
         Outcome::DeadLetter { reason, detail } => {
@@ -780,9 +808,11 @@ async fn settle(delivery: &Delivery, outcome: Outcome, cx: &SettleContext) {
             match publish_copy(delivery, exchange::DEAD_LETTER, headers, cx).await {
                 Ok(()) => {
                     tracing::warn!(reason = %reason, "dead-lettered");
-                    ack(delivery).await;
+                    cx.acks.ack(delivery).await;
                 }
-                Err(error) => give_back_after_failed_copy(delivery, "dead-letter", &error).await,
+                Err(error) => {
+                    give_back_after_failed_copy(delivery, "dead-letter", &error, cx).await;
+                }
             }
         }
     }
@@ -819,7 +849,12 @@ async fn publish_copy(
     .await
 }
 
-async fn give_back_after_failed_copy(delivery: &Delivery, what: &str, error: &PublishError) {
+async fn give_back_after_failed_copy(
+    delivery: &Delivery,
+    what: &str,
+    error: &PublishError,
+    cx: &SettleContext,
+) {
     tracing::error!(error = %error, what, "could not publish the copy; giving the message back");
     tokio::time::sleep(REPUBLISH_FAILURE_PAUSE).await;
     report(
@@ -831,14 +866,11 @@ async fn give_back_after_failed_copy(delivery: &Delivery, what: &str, error: &Pu
             })
             .await,
     );
-}
-
-async fn ack(delivery: &Delivery) {
-    report("basic.ack", delivery.ack(BasicAckOptions::default()).await);
+    cx.acks.settled_otherwise(delivery.delivery_tag);
 }
 
 /// Logs a settle that did not reach the broker; the broker then redelivers the message.
-fn report(operation: &'static str, result: Result<bool, lapin::Error>) {
+pub(crate) fn report(operation: &'static str, result: Result<bool, lapin::Error>) {
     match result {
         Ok(true) => {}
         Ok(false) => tracing::warn!(

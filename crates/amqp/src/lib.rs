@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod acks;
 pub mod connection;
 pub mod consumer;
 pub mod error;

@@ -327,3 +327,42 @@ async fn dead_letter_that_cannot_be_published_is_given_back_instead_of_lost() ->
     assert_eq!(queue_len(&admin, &setup.target.queue).await?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn acks_of_later_deliveries_go_out_while_an_earlier_one_is_still_handled_and_never_cover_it()
+-> anyhow::Result<()> {
+    // Arrange: the first message's handler never finishes; the next 49 are acked at once (acks
+    // are coalesced into `multiple` acks, which must not reach back over the first).
+    let setup = setup().await?;
+    let (handler, mut seen) = recording(|message| async move {
+        if message.json::<serde_json::Value>().ok() == Some(serde_json::json!({"n": 0})) {
+            std::future::pending::<()>().await;
+        }
+        Outcome::Ack
+    });
+    let mut options = ConsumerOptions::new(100, 100);
+    options.drain_timeout = Duration::from_millis(500);
+    let consumer = spawn_consumer(setup.consume.clone(), &setup.target.queue, options, handler);
+    for n in 0..50 {
+        publish_inbound(&setup, &serde_json::json!({ "n": n })).await?;
+    }
+    for _ in 0..50 {
+        next_seen(&mut seen, WAIT).await;
+    }
+
+    // Act: stop with the first handler still running (the drain gives up on it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    consumer.stop().await?;
+
+    // Assert: only the unfinished message comes back.
+    let channel = setup.publisher.connection().create_channel().await?;
+    let (back, _) = wait_for_message(&channel, &setup.target.queue, WAIT)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the unfinished message did not come back"))?;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&back)?,
+        serde_json::json!({"n": 0})
+    );
+    assert_eq!(queue_len(&channel, &setup.target.queue).await?, 0);
+    Ok(())
+}
