@@ -22,11 +22,13 @@ use std::time::Duration;
 
 use lapin::Acker;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::consumer::report;
 
 /// How long acks gather before a flush sends them.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
@@ -97,12 +99,35 @@ impl AckBatch {
             Some(false) => {}
             // The session is over: ack directly (a delivery from before a reconnect is refused
             // by lapin, and the broker redelivers it).
-            None => report_ack(delivery.acker.ack(BasicAckOptions::default()).await),
+            None => report(
+                "basic.ack",
+                delivery.acker.ack(BasicAckOptions::default()).await,
+            ),
         }
     }
 
-    /// Records that `tag` was rejected or nacked (after that was sent).
-    pub(crate) fn settled_otherwise(&self, tag: u64) {
+    /// Gives `delivery` back with `basic.reject(requeue)` (counts toward the delivery limit).
+    pub(crate) async fn reject_requeue(&self, delivery: &Delivery) {
+        let sent = delivery.reject(BasicRejectOptions { requeue: true }).await;
+        report("basic.reject", sent);
+        self.given_back(delivery.delivery_tag);
+    }
+
+    /// Gives `delivery` back with `basic.nack(requeue)`.
+    pub(crate) async fn nack_requeue(&self, delivery: &Delivery) {
+        let sent = delivery
+            .nack(BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            })
+            .await;
+        report("basic.nack", sent);
+        self.given_back(delivery.delivery_tag);
+    }
+
+    /// Only once its reject or nack is sent may a tag stop bounding the `multiple` acks: sent
+    /// later, the ack would reach over it first.
+    fn given_back(&self, tag: u64) {
         self.lock().unsettled.remove(&tag);
     }
 
@@ -134,10 +159,13 @@ impl AckBatch {
             (multiple, single, !state.ready.is_empty())
         };
         if let Some(acker) = multiple {
-            report_ack(acker.ack(BasicAckOptions { multiple: true }).await);
+            report(
+                "basic.ack",
+                acker.ack(BasicAckOptions { multiple: true }).await,
+            );
         }
         for acker in single {
-            report_ack(acker.ack(BasicAckOptions::default()).await);
+            report("basic.ack", acker.ack(BasicAckOptions::default()).await);
         }
         left
     }
@@ -145,10 +173,6 @@ impl AckBatch {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<Acker>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn report_ack(result: Result<bool, lapin::Error>) {
-    crate::consumer::report("basic.ack", result);
 }
 
 /// Delivery tags in flight and the acks waiting to be sent, with whatever sends an ack (`A`).
@@ -185,16 +209,11 @@ impl<A> State<A> {
         let above = self.ready.split_off(&oldest_unsettled);
         let below = std::mem::replace(&mut self.ready, above);
         let multiple = below.into_values().next_back().map(|(sender, _)| sender);
-        let due: Vec<u64> = self
-            .ready
-            .iter()
-            .filter(|(_, (_, at))| all || now.duration_since(*at) >= hold)
-            .map(|(tag, _)| *tag)
-            .collect();
-        let single = due
+        let (due, waiting): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.ready)
             .into_iter()
-            .filter_map(|tag| self.ready.remove(&tag).map(|(sender, _)| sender))
-            .collect();
+            .partition(|(_, (_, at))| all || now.duration_since(*at) >= hold);
+        self.ready = waiting;
+        let single = due.into_values().map(|(sender, _)| sender).collect();
         (multiple, single)
     }
 }

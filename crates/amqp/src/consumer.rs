@@ -35,9 +35,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Consumer};
 use opentelemetry::trace::TraceContextExt as _;
@@ -724,9 +722,7 @@ async fn process<H: Handler>(
         routing_key: message.routing_key.clone(),
         attempt: message.attempt,
         queue: queue.clone(),
-        republish: session.republish,
-        confirm_timeout: session.confirm_timeout,
-        acks: session.acks,
+        session,
     };
 
     // The handler's future is created inside the span, so `#[instrument]`ed handlers (whose span
@@ -761,22 +757,14 @@ struct SettleContext {
     routing_key: String,
     attempt: u32,
     queue: Arc<str>,
-    republish: Option<Channel>,
-    confirm_timeout: Duration,
-    acks: Arc<AckBatch>,
+    session: Session,
 }
 
 async fn settle(delivery: &Delivery, outcome: Outcome, cx: &SettleContext) {
     let original_headers = delivery.properties.headers().clone().unwrap_or_default();
     match outcome {
-        Outcome::Ack => cx.acks.ack(delivery).await,
-        Outcome::Requeue => {
-            report(
-                "basic.reject",
-                delivery.reject(BasicRejectOptions { requeue: true }).await,
-            );
-            cx.acks.settled_otherwise(delivery.delivery_tag);
-        }
+        Outcome::Ack => cx.session.acks.ack(delivery).await,
+        Outcome::Requeue => cx.session.acks.reject_requeue(delivery).await,
         Outcome::Retry { delay } => {
             let attempt = cx.attempt.saturating_add(1);
             let target = retry_exchange_for(ceil_secs(delay));
@@ -792,7 +780,7 @@ async fn settle(delivery: &Delivery, outcome: Outcome, cx: &SettleContext) {
             match publish_copy(delivery, &target, headers, cx).await {
                 Ok(()) => {
                     tracing::info!(attempt, retry_exchange = %target, "scheduled a delayed retry");
-                    cx.acks.ack(delivery).await;
+                    cx.session.acks.ack(delivery).await;
                 }
                 Err(error) => give_back_after_failed_copy(delivery, "retry", &error, cx).await,
             }
@@ -808,7 +796,7 @@ async fn settle(delivery: &Delivery, outcome: Outcome, cx: &SettleContext) {
             match publish_copy(delivery, exchange::DEAD_LETTER, headers, cx).await {
                 Ok(()) => {
                     tracing::warn!(reason = %reason, "dead-lettered");
-                    cx.acks.ack(delivery).await;
+                    cx.session.acks.ack(delivery).await;
                 }
                 Err(error) => {
                     give_back_after_failed_copy(delivery, "dead-letter", &error, cx).await;
@@ -826,10 +814,10 @@ async fn publish_copy(
     headers: FieldTable,
     cx: &SettleContext,
 ) -> Result<(), PublishError> {
-    let Some(channel) = cx.republish.as_ref() else {
+    let Some(channel) = cx.session.republish.as_ref() else {
         return Err(PublishError::NotConfirmed);
     };
-    let deadline = Instant::now() + cx.confirm_timeout;
+    let deadline = Instant::now() + cx.session.confirm_timeout;
     let properties = delivery.properties.clone().with_headers(headers);
     let confirm = publish_mandatory(
         channel,
@@ -844,7 +832,7 @@ async fn publish_copy(
         target_exchange,
         &cx.queue,
         deadline,
-        cx.confirm_timeout,
+        cx.session.confirm_timeout,
     )
     .await
 }
@@ -857,16 +845,7 @@ async fn give_back_after_failed_copy(
 ) {
     tracing::error!(error = %error, what, "could not publish the copy; giving the message back");
     tokio::time::sleep(REPUBLISH_FAILURE_PAUSE).await;
-    report(
-        "basic.nack",
-        delivery
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await,
-    );
-    cx.acks.settled_otherwise(delivery.delivery_tag);
+    cx.session.acks.nack_requeue(delivery).await;
 }
 
 /// Logs a settle that did not reach the broker; the broker then redelivers the message.

@@ -40,7 +40,7 @@ async fn reserve_on_db_clock(
             .first(conn)
             .await?;
         let micros = |seconds: f64| (seconds * 1e6).round() as i64;
-        let last_slot = tat.timestamp_micros() - micros(shape.spacing.as_secs_f64());
+        let last_slot = tat.timestamp_micros() - i64::try_from(shape.spacing.as_micros())?;
         let last_delay = micros(*reservation.delays.last().unwrap_or(&0.0));
         let slots = reservation
             .delays
