@@ -52,7 +52,7 @@ impl AckBatch {
             stop: CancellationToken::new(),
             flusher: Mutex::new(None),
         });
-        let flusher = tokio::spawn(batch.clone().run(batch.stop.clone()));
+        let flusher = tokio::spawn(batch.clone().run());
         *batch.flusher.lock().unwrap_or_else(PoisonError::into_inner) = Some(flusher);
         batch
     }
@@ -131,15 +131,15 @@ impl AckBatch {
         self.lock().unsettled.remove(&tag);
     }
 
-    async fn run(self: Arc<Self>, stop: CancellationToken) {
+    async fn run(self: Arc<Self>) {
         'idle: loop {
             tokio::select! {
-                () = stop.cancelled() => break 'idle,
+                () = self.stop.cancelled() => break 'idle,
                 () = self.wake.notified() => {}
             }
             loop {
                 tokio::select! {
-                    () = stop.cancelled() => break 'idle,
+                    () = self.stop.cancelled() => break 'idle,
                     () = tokio::time::sleep(FLUSH_EVERY) => {}
                 }
                 if !self.flush(false).await {
@@ -207,9 +207,11 @@ impl<A> State<A> {
     fn take(&mut self, now: Instant, hold: Duration, all: bool) -> (Option<A>, Vec<A>) {
         let oldest_unsettled = self.unsettled.first().copied().unwrap_or(u64::MAX);
         let above = self.ready.split_off(&oldest_unsettled);
-        let below = std::mem::replace(&mut self.ready, above);
-        let multiple = below.into_values().next_back().map(|(sender, _)| sender);
-        let (due, waiting): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.ready)
+        let multiple = std::mem::take(&mut self.ready)
+            .into_values()
+            .next_back()
+            .map(|(sender, _)| sender);
+        let (due, waiting): (BTreeMap<_, _>, BTreeMap<_, _>) = above
             .into_iter()
             .partition(|(_, (_, at))| all || now.duration_since(*at) >= hold);
         self.ready = waiting;

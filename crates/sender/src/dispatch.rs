@@ -249,13 +249,13 @@ impl Dispatcher {
                         Err(error) => return infra("could not claim the job", &error),
                     }
                 }
-                let tolerance = slot.tolerance;
+                let allowance = slot.allowance;
                 let slot = slot.at;
-                let late = if tokio::time::Instant::now() <= slot + tolerance {
+                let late = if tokio::time::Instant::now() <= slot + allowance {
                     tokio::time::sleep_until(slot).await;
                     // Checked again after the wake-up: on a starved host the task can wake late,
                     // and a late send bunches with the next slots' sends.
-                    if tokio::time::Instant::now() <= slot + tolerance {
+                    if tokio::time::Instant::now() <= slot + allowance {
                         break;
                     }
                     "wake_up"

@@ -13,7 +13,7 @@
 //!
 //! Slots are reserved at least a lead in the future and handed out that early (see
 //! [`SLOT_LEAD`]), so the job is claimed in the database before its slot and the Graph call starts
-//! on time; a send that still misses its slot by more than its allowance ([`Slot::tolerance`]) takes
+//! on time; a send that still misses its slot by more than its allowance ([`Slot::allowance`]) takes
 //! a new slot instead of bunching up, as a *prepared* waiter (served first, [`PREPARED_LEAD`] ahead).
 //!
 //! In the process, one pump per number reserves slots in batches (a quarter of the cap at most, so
@@ -52,7 +52,7 @@ pub const MAX_LEAD: Duration = Duration::from_millis(250);
 /// wake-up.
 pub const PREPARED_LEAD: Duration = Duration::from_millis(2);
 /// A send that could not start within this much after its slot (or half the margin's jitter
-/// budget, when that is more; see [`Slot::tolerance`]) gives the slot up and takes a new
+/// budget, when that is more; see [`slot_window`]) gives the slot up and takes a new
 /// one: a late send could otherwise land in the next second together with that second's own sends.
 pub const SLOT_TOLERANCE: Duration = Duration::from_millis(5);
 
@@ -193,11 +193,11 @@ pub fn slot_window(rate_per_second: u32, margin_permille: u32) -> SlotWindow {
 
 /// A granted send slot.
 pub struct Slot {
-    /// When the send may start (not before, and not more than `tolerance` after).
+    /// When the send may start (not before, and not more than `allowance` after).
     pub at: Instant,
     /// How late after `at` the send may still start; later, it must give the slot up and take
     /// another (see [`LOOSE_ALLOWANCE`]).
-    pub tolerance: Duration,
+    pub allowance: Duration,
     /// Held while the send claims its job (slots for unclaimed sends only); released by
     /// [`Slot::claimed`] or when the slot is dropped.
     claiming: Option<ClaimInFlight>,
@@ -266,7 +266,7 @@ impl RateLimiter {
     /// (the delivery's position in its queue, so a priority's jobs go out in publish order
     /// although their handlers reach the limiter in any order). Returns the slot, one lead ahead
     /// of its instant at most: claim the job (then call [`Slot::claimed`]), then start the send at
-    /// (not before, and not more than [`Slot::tolerance`] after) that instant.
+    /// (not before, and not more than [`Slot::allowance`] after) that instant.
     ///
     /// `prepared`: the job is claimed already (the send missed its slot and needs another). Such
     /// sends get slots first and only [`PREPARED_LEAD`] ahead, since nothing is left to do
@@ -435,28 +435,27 @@ impl RateLimiter {
     /// flight to finish.
     fn next_lead(&self) -> Option<(Duration, bool)> {
         let waiters = self.lock();
-        let next = waiters.peek()?;
-        if next.prepared {
-            Some((PREPARED_LEAD, true))
+        let next = waiters.peek().filter(|next| self.inner.may_serve(next))?;
+        Some(if next.prepared {
+            (PREPARED_LEAD, true)
         } else {
-            // Waiting for a claim in flight to finish (which wakes the pump).
-            self.inner
-                .may_start_claim()
-                .then(|| (self.inner.lead(), false))
-        }
+            (self.inner.lead(), false)
+        })
     }
 
     /// Gives `slot` to the most urgent waiter still listening; false when nobody waits, or when
     /// that waiter still has to claim its job and [`CLAIMS_IN_FLIGHT`] are already claiming.
-    fn hand_out(&self, slot: Instant, tolerance: Duration) -> bool {
+    fn hand_out(&self, slot: Instant, allowance: Duration) -> bool {
         loop {
             let waiter = {
                 let mut waiters = self.lock();
-                match waiters.peek() {
-                    None => return false,
-                    Some(next) if !next.prepared && !self.inner.may_start_claim() => return false,
-                    Some(_) => waiters.pop(),
+                if !waiters
+                    .peek()
+                    .is_some_and(|next| self.inner.may_serve(next))
+                {
+                    return false;
                 }
+                waiters.pop()
             };
             let Some(waiter) = waiter else {
                 return false;
@@ -470,7 +469,7 @@ impl RateLimiter {
             // A waiter gone meanwhile drops the slot, and with it its claim count.
             let slot = Slot {
                 at: slot,
-                tolerance,
+                allowance,
                 claiming,
             };
             if waiter.tx.send(slot).is_ok() {
@@ -510,9 +509,11 @@ impl Inner {
             });
     }
 
-    /// Whether a slot may go to a send that still has to claim its job.
-    fn may_start_claim(&self) -> bool {
-        self.claiming.load(Ordering::Relaxed) < CLAIMS_IN_FLIGHT
+    /// Whether `waiter` may get a slot now: a claimed send always, one that still has to claim
+    /// its job only while fewer than [`CLAIMS_IN_FLIGHT`] are claiming (a claim that finishes
+    /// wakes the pump).
+    fn may_serve(&self, waiter: &Waiter) -> bool {
+        waiter.prepared || self.claiming.load(Ordering::Relaxed) < CLAIMS_IN_FLIGHT
     }
 
     /// The recent average claim time.
