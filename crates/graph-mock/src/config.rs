@@ -56,6 +56,12 @@ pub struct MockConfig {
     pub duplicate_statuses: bool,
     /// Extra latency added to every Graph API answer.
     pub latency: Duration,
+    /// Every this many message sends (0: never), the worker reading that send stalls (its thread
+    /// blocked) for [`MockConfig::stall`] first: a receiver hiccup that holds up the requests queued
+    /// on its connections and counts them late, as a congested link or a busy front end does.
+    pub stall_every: u64,
+    /// How long one stall lasts.
+    pub stall: Duration,
     /// How long the scripted slow recipient takes to answer.
     pub slow_delay: Duration,
     /// Lifetime of a media download URL (Meta: 5 minutes).
@@ -95,6 +101,8 @@ impl Default for MockConfig {
             out_of_order: false,
             duplicate_statuses: false,
             latency: Duration::ZERO,
+            stall_every: 0,
+            stall: Duration::ZERO,
             slow_delay: Duration::from_millis(3000),
             media_url_ttl: Duration::from_secs(300),
             template_review_delay: Duration::from_millis(2000),
@@ -314,6 +322,22 @@ pub struct Cli {
         default_value_t = 0
     )]
     pub latency_ms: u64,
+    /// Every this many message sends, the worker reading it stalls first (0: never).
+    #[arg(
+        long,
+        env = "GRAPH_MOCK_STALL_EVERY",
+        value_name = "GRAPH_MOCK_STALL_EVERY",
+        default_value_t = 0
+    )]
+    pub stall_every: u64,
+    /// How long one stall lasts, in milliseconds.
+    #[arg(
+        long,
+        env = "GRAPH_MOCK_STALL_MS",
+        value_name = "GRAPH_MOCK_STALL_MS",
+        default_value_t = 0
+    )]
+    pub stall_ms: u64,
     /// Answer delay of the scripted slow recipient, in milliseconds.
     #[arg(
         long,
@@ -396,6 +420,8 @@ impl Cli {
             out_of_order: self.out_of_order,
             duplicate_statuses: self.duplicate_statuses,
             latency: Duration::from_millis(self.latency_ms),
+            stall_every: self.stall_every,
+            stall: Duration::from_millis(self.stall_ms),
             slow_delay: Duration::from_millis(self.slow_delay_ms),
             media_url_ttl: Duration::from_secs(self.media_url_ttl_seconds),
             template_review_delay: Duration::from_millis(self.template_review_delay_ms),

@@ -51,6 +51,10 @@ pub struct Settings {
     pub duplicate_statuses: bool,
     /// Base latency of Graph answers in milliseconds.
     pub latency_ms: u64,
+    /// Every this many message sends, the worker reading it stalls first (0: never).
+    pub stall_every: u64,
+    /// How long one stall lasts, in milliseconds.
+    pub stall_ms: u64,
     /// Answer delay of the scripted slow recipient in milliseconds.
     pub slow_delay_ms: u64,
     /// Media URL lifetime in milliseconds.
@@ -70,6 +74,8 @@ impl Settings {
             out_of_order: c.out_of_order,
             duplicate_statuses: c.duplicate_statuses,
             latency_ms: millis(c.latency),
+            stall_every: c.stall_every,
+            stall_ms: millis(c.stall),
             slow_delay_ms: millis(c.slow_delay),
             media_url_ttl_ms: millis(c.media_url_ttl),
             template_review_delay_ms: millis(c.template_review_delay),
@@ -100,6 +106,10 @@ pub struct SettingsPatch {
     pub duplicate_statuses: Option<bool>,
     /// See [`Settings::latency_ms`].
     pub latency_ms: Option<u64>,
+    /// See [`Settings::stall_every`].
+    pub stall_every: Option<u64>,
+    /// See [`Settings::stall_ms`].
+    pub stall_ms: Option<u64>,
     /// See [`Settings::slow_delay_ms`].
     pub slow_delay_ms: Option<u64>,
     /// See [`Settings::media_url_ttl_ms`].
@@ -296,6 +306,8 @@ pub struct Shared {
     pub faults_applied: AtomicU64,
     /// Inbound messages injected.
     pub inbound_injected: AtomicU64,
+    /// Message sends seen (for [`Settings::stall_every`]).
+    pub sends_seen: AtomicU64,
     /// Successful media downloads.
     pub media_downloads: AtomicU64,
     /// Media uploads.
@@ -355,6 +367,7 @@ impl Shared {
             versions: Mutex::new(BTreeMap::new()),
             faults_applied: AtomicU64::new(0),
             inbound_injected: AtomicU64::new(0),
+            sends_seen: AtomicU64::new(0),
             media_downloads: AtomicU64::new(0),
             media_uploads: AtomicU64::new(0),
             ids: IdGen::new(),
@@ -397,6 +410,8 @@ impl Shared {
         next.out_of_order = patch.out_of_order.unwrap_or(next.out_of_order);
         next.duplicate_statuses = patch.duplicate_statuses.unwrap_or(next.duplicate_statuses);
         next.latency_ms = patch.latency_ms.unwrap_or(next.latency_ms);
+        next.stall_every = patch.stall_every.unwrap_or(next.stall_every);
+        next.stall_ms = patch.stall_ms.unwrap_or(next.stall_ms);
         next.slow_delay_ms = patch.slow_delay_ms.unwrap_or(next.slow_delay_ms);
         next.media_url_ttl_ms = patch.media_url_ttl_ms.unwrap_or(next.media_url_ttl_ms);
         next.template_review_delay_ms = patch

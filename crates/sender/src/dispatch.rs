@@ -202,7 +202,7 @@ impl Dispatcher {
             // so a crash while waiting for a slot leaves the job `received`, not `unknown`.
             let mut claimed = None;
             let mut recorded_here = false;
-            loop {
+            let in_flight = loop {
                 let Ok(mut slot) = ctx
                     .limiter
                     .acquire(job.priority, msg.sequence, claimed.is_some())
@@ -256,15 +256,19 @@ impl Dispatcher {
                     // Checked again after the wake-up: on a starved host the task can wake late,
                     // and a late send bunches with the next slots' sends.
                     if tokio::time::Instant::now() <= slot + allowance {
-                        break;
+                        match ctx.limiter.start_send(slot + allowance).await {
+                            Some(in_flight) => break in_flight,
+                            None => "answers",
+                        }
+                    } else {
+                        "wake_up"
                     }
-                    "wake_up"
                 } else {
                     "claim"
                 };
                 metrics::counter!("wa_sender_missed_slots_total", "tenant" => tenant_id.to_owned(), "reason" => late)
                     .increment(1);
-            }
+            };
             let Some(claimed) = claimed else {
                 return Step::Done(Outcome::Requeue);
             };
@@ -277,6 +281,8 @@ impl Dispatcher {
                 .graph
                 .send_message(&ctx.tenant.phone_number_id, &ctx.tenant.access_token, &body)
                 .await;
+            // Answered (or given up on): from now the send counts for one more second.
+            drop(in_flight);
             let attempts = claimed.attempts;
             let job_id = record.job_id.as_str();
             match result {

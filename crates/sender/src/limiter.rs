@@ -16,6 +16,15 @@
 //! on time; a send that still misses its slot by more than its allowance ([`Slot::allowance`]) takes
 //! a new slot instead of bunching up, as a *prepared* waiter (served first, [`PREPARED_LEAD`] ahead).
 //!
+//! The slots bound when sends *start*; Meta counts them when they *arrive*, and a request held up
+//! on the way (a stalled host, a congested link, a receiver that reads late) can arrive together
+//! with sends started a second after it. So each process also keeps the rule on answers: a send
+//! starts only while fewer than `rate` of the number's sends from this process are unanswered or
+//! were answered less than a second ago ([`RateLimiter::start_send`]). A request arrives before
+//! its answer, and every later one after it starts, so however the network delays them, no second
+//! at the receiver holds more than `rate` of this process's sends. With a fast Graph API the rule
+//! never binds; with a slow one it costs a window its answer latency.
+//!
 //! In the process, one pump per number reserves slots in batches (a quarter of the cap at most, so
 //! one round trip serves many sends at high rates), the next batch while the current one is being
 //! handed out, and hands each slot, when its time comes, to the most urgent waiter (prepared, then
@@ -23,6 +32,7 @@
 //! left is simply unused: the cap is never exceeded, only under-used.
 
 use std::cmp::Ordering as CmpOrdering;
+use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -56,6 +66,10 @@ pub const PREPARED_LEAD: Duration = Duration::from_millis(2);
 /// one: a late send could otherwise land in the next second together with that second's own sends.
 pub const SLOT_TOLERANCE: Duration = Duration::from_millis(5);
 
+/// The most of the margin our own lateness takes (see [`slot_window`]): enough for a timer tick
+/// and a wake-up on a busy host; the rest of a wider margin is left to the network and Meta.
+pub const MAX_SLOT_TOLERANCE: Duration = Duration::from_millis(10);
+
 /// How late a send may start after its slot while its number runs far below the cap (the slots
 /// still binding and the waiting sends under a quarter of it): on a busy host a claim or a
 /// wake-up can take tens of milliseconds longer than planned, and with the window nowhere near
@@ -84,6 +98,10 @@ pub const PEAK_FACTOR: u32 = 4;
 /// ordinary caps (80, 1,000/s) the bound never binds.
 pub const CLAIMS_IN_FLIGHT: usize = 256;
 
+/// How long after its answer a send still counts against the cap (see [`RateLimiter::start_send`]):
+/// the receiver's window.
+pub const ANSWER_WINDOW: Duration = Duration::from_secs(1);
+
 /// Granularity of tokio's timer.
 const TIMER_TICK: Duration = Duration::from_millis(1);
 
@@ -107,6 +125,61 @@ struct Inner {
     pool: PgPool,
     waiters: Mutex<Waiters>,
     wake: Notify,
+    /// This process's sends still counting against the cap at the receiver.
+    answers: Mutex<AnswerWindow>,
+}
+
+/// This process's sends that may still share a second with a new one at the receiver: the
+/// unanswered ones, and the ones answered less than [`ANSWER_WINDOW`] ago.
+#[derive(Default)]
+struct AnswerWindow {
+    unanswered: usize,
+    /// When each answered send stops counting (its answer plus [`ANSWER_WINDOW`]), earliest first.
+    counting_until: BinaryHeap<Reverse<Instant>>,
+}
+
+impl AnswerWindow {
+    /// Starts a send at `now` if fewer than `cap` count; otherwise the instant the first of them
+    /// stops counting (`None` when all are unanswered: none stops within the next second).
+    fn try_start(&mut self, now: Instant, cap: usize) -> Result<(), Option<Instant>> {
+        while self
+            .counting_until
+            .peek()
+            .is_some_and(|Reverse(until)| *until <= now)
+        {
+            self.counting_until.pop();
+        }
+        if self.unanswered + self.counting_until.len() < cap {
+            self.unanswered += 1;
+            Ok(())
+        } else {
+            Err(self.counting_until.peek().map(|Reverse(until)| *until))
+        }
+    }
+
+    /// A send started by [`AnswerWindow::try_start`] got its answer (or was abandoned) at `at`.
+    fn answered(&mut self, at: Instant) {
+        self.unanswered = self.unanswered.saturating_sub(1);
+        self.counting_until.push(Reverse(at + ANSWER_WINDOW));
+    }
+}
+
+/// Held from the start of a Graph call until its answer (see [`RateLimiter::start_send`]);
+/// dropping it records the answer, so the send keeps counting for [`ANSWER_WINDOW`] after.
+#[must_use = "drop it when the Graph call has answered"]
+pub struct InFlight {
+    inner: Arc<Inner>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        self.inner
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .answered(now);
+    }
 }
 
 struct Waiter {
@@ -181,7 +254,7 @@ pub fn slot_window(rate_per_second: u32, margin_permille: u32) -> SlotWindow {
     // Two sends a window apart may be delayed differently by up to the margin before a second
     // holds `rate + 1` of them; our own lateness takes at most half of that (at least
     // SLOT_TOLERANCE), the network and Meta the rest.
-    let tolerance = SLOT_TOLERANCE.max(margin / 2);
+    let tolerance = (margin / 2).clamp(SLOT_TOLERANCE, MAX_SLOT_TOLERANCE);
     SlotWindow {
         cap,
         window,
@@ -258,6 +331,7 @@ impl RateLimiter {
                 pool,
                 waiters: Mutex::new(Waiters::default()),
                 wake: Notify::new(),
+                answers: Mutex::new(AnswerWindow::default()),
             }),
         }
     }
@@ -286,6 +360,33 @@ impl RateLimiter {
         });
         self.inner.wake.notify_one();
         rx.await.map_err(|_| LimiterStopped)
+    }
+
+    /// Starts a Graph call under the rule on answers: waits, at most until `deadline` (the slot's
+    /// allowance), until fewer than `rate` of this process's sends to the number are unanswered or
+    /// answered less than [`ANSWER_WINDOW`] ago. `None`: the deadline came first (the send must
+    /// take a new slot). Hold the answer until the call returns.
+    pub async fn start_send(&self, deadline: Instant) -> Option<InFlight> {
+        let cap = usize::try_from(self.inner.shape.cap).unwrap_or(usize::MAX);
+        loop {
+            let now = Instant::now();
+            let started = self
+                .inner
+                .answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_start(now, cap);
+            match started {
+                Ok(()) => {
+                    return Some(InFlight {
+                        inner: self.inner.clone(),
+                    });
+                }
+                // An unanswered send, answered now, would count for a second more.
+                Err(Some(until)) if until <= deadline => tokio::time::sleep_until(until).await,
+                Err(_) => return None,
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
@@ -645,6 +746,26 @@ mod tests {
             admitted,
             vec![ms(0), ms(100), ms(200), ms(1_040), ms(1_140)]
         );
+    }
+
+    #[test]
+    fn a_send_starts_only_while_fewer_than_the_cap_are_unanswered_or_answered_within_a_second() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut answers = AnswerWindow::default();
+        assert_eq!(answers.try_start(ms(0), 2), Ok(()));
+        assert_eq!(answers.try_start(ms(10), 2), Ok(()));
+        // Both unanswered: neither can stop counting within the next second.
+        assert_eq!(answers.try_start(ms(20), 2), Err(None));
+        // Answered late (a stalled receiver): it counts for a second after its answer, not after
+        // its start.
+        answers.answered(ms(400));
+        assert_eq!(answers.try_start(ms(1_010), 2), Err(Some(ms(1_400))));
+        assert_eq!(answers.try_start(ms(1_400), 2), Ok(()));
+        answers.answered(ms(1_401));
+        answers.answered(ms(1_402));
+        assert_eq!(answers.try_start(ms(2_400), 2), Err(Some(ms(2_401))));
+        assert_eq!(answers.try_start(ms(2_402), 2), Ok(()));
     }
 
     #[test]

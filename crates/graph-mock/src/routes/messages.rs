@@ -28,8 +28,9 @@ pub(super) async fn send(
     body: web::Bytes,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
-    let ctx = Ctx::new(&req);
     let shared: Arc<Shared> = shared.into_inner();
+    stall_if_due(&shared);
+    let ctx = Ctx::new(&req);
     let (version, phone_number_id) = path.into_inner();
     shared.count_version(&version);
     apply_latency(&shared).await;
@@ -150,6 +151,19 @@ async fn handle_for_number(
         }),
         wamid: Some(wamid),
     })
+}
+
+/// Blocks this worker's thread for the configured stall on every `stall_every`-th send (before the
+/// send is read and timestamped): the requests on this worker's connections wait with it.
+fn stall_if_due(shared: &Shared) {
+    let settings = shared.settings();
+    if settings.stall_every == 0 || settings.stall_ms == 0 {
+        return;
+    }
+    let n = shared.sends_seen.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_multiple_of(settings.stall_every) {
+        std::thread::sleep(Duration::from_millis(settings.stall_ms));
+    }
 }
 
 /// Throughput (every valid send) and pair rate (unscripted recipients), under the number's lock.

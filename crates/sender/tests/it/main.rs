@@ -717,6 +717,47 @@ async fn three_sender_processes_with_cap_20_never_exceed_20_per_second_and_send_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_stalls_never_counts_more_than_the_cap_in_a_second() {
+    // Arrange: every 17th send holds up the graph-mock worker reading it for 150 ms before it is
+    // counted. The 18th send of a window of 20 is then counted 150 ms late, when the next window's
+    // slots (a second after their predecessors started) all fall within a second of it: 21 in a
+    // second by the slots alone, whatever the margin. The rule on answers holds them back.
+    let mut h = Harness::new(MockConfig {
+        rate_per_second: 20,
+        workers: 2,
+        stall_every: 17,
+        stall: Duration::from_millis(150),
+        ..MockConfig::for_tests()
+    })
+    .await;
+    let mut config = sender_config(&h);
+    config.send.rate_per_second = 20;
+    h.start_sender(config).await;
+
+    // Act
+    let ids: Vec<String> = (0..100).map(|i| format!("stall-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        h.publish_job(&template_job(id, &format!("+62812888{i:05}")))
+            .await;
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let outcomes = h.wait_outcomes(&refs, Duration::from_secs(30)).await;
+
+    // Assert
+    assert!(outcomes.values().all(|(k, _)| k == "outbound.accepted"));
+    let stats = h.mock.stats();
+    let phone = &stats.phone_numbers[wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID];
+    assert_eq!(phone.accepted, 100);
+    assert!(
+        phone.max_attempts_in_any_second <= 20,
+        "max sends in a second: {}",
+        phone.max_attempts_in_any_second
+    );
+    assert_eq!(phone.rate_limited_130429, 0);
+    h.stop_senders().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_tenants_bulk_broadcast_starves_neither_another_tenant_nor_its_own_interactive_jobs() {
     // Arrange: two tenants with a number each, 10 sends/s per number; tenant `default` starts a
     // 200-job bulk broadcast (20 s of sending).
