@@ -641,6 +641,7 @@ async fn reserve(
     lead: Duration,
 ) -> anyhow::Result<Reserved> {
     let mut conn = inner.pool.get().await?;
+    let sent = Instant::now();
     let reservation = wa_db::models::sender::reserve_send_slots(
         &mut conn,
         &inner.key,
@@ -651,12 +652,37 @@ async fn reserve(
     )
     .await?;
     let answered = Instant::now();
+    let clock = reading_instant(reservation.clock_us, sent, answered, unix_micros_now());
     let slots = reservation
         .delays
         .into_iter()
-        .map(|delay| answered + Duration::from_secs_f64(delay.max(0.0)))
+        .map(|delay| clock + Duration::from_secs_f64(delay.max(0.0)))
         .collect();
     Ok((slots, reservation.allowance))
+}
+
+/// Microseconds since the Unix epoch on our wall clock.
+fn unix_micros_now() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// When, on our monotonic clock, the database read its clock as `clock_us`, for a call sent at
+/// `sent` and answered at `answered` (when our wall clock read `wall_us`).
+///
+/// Our wall clock and the database's agree (one host, or NTP across hosts), so the reading is
+/// placed by their difference, not at `answered`: the commit, the way back and our wake-up would
+/// otherwise make every slot of the batch look later than it is, by a different amount on each
+/// replica. The database certainly read its clock between `sent` and `answered`, which bounds the
+/// result when the clocks disagree.
+fn reading_instant(clock_us: i64, sent: Instant, answered: Instant, wall_us: i64) -> Instant {
+    let ago = Duration::from_micros(u64::try_from(wall_us.saturating_sub(clock_us)).unwrap_or(0));
+    answered
+        .checked_sub(ago)
+        .unwrap_or(sent)
+        .clamp(sent, answered)
 }
 
 /// The database's rule applied again to our own slots on our clock: each batch's reading of the
@@ -766,6 +792,28 @@ mod tests {
         answers.answered(ms(1_402));
         assert_eq!(answers.try_start(ms(2_400), 2), Err(Some(ms(2_401))));
         assert_eq!(answers.try_start(ms(2_402), 2), Ok(()));
+    }
+
+    #[test]
+    fn the_database_reading_is_placed_by_the_wall_clock_within_the_round_trip() {
+        let sent = Instant::now();
+        let answered = sent + Duration::from_millis(40);
+        let wall_us = 1_000_000_000_000;
+        // Read 30 ms before the answer reached us (a slow commit or wake-up): placed there, not at
+        // the answer.
+        assert_eq!(
+            reading_instant(wall_us - 30_000, sent, answered, wall_us),
+            answered - Duration::from_millis(30)
+        );
+        // Clocks that disagree by more than the round trip: bounded by it.
+        assert_eq!(
+            reading_instant(wall_us - 90_000, sent, answered, wall_us),
+            sent
+        );
+        assert_eq!(
+            reading_instant(wall_us + 5_000, sent, answered, wall_us),
+            answered
+        );
     }
 
     #[test]

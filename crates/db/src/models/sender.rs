@@ -582,6 +582,8 @@ struct Reserved {
     delays: Vec<f64>,
     #[diesel(sql_type = BigInt)]
     allowance_us: i64,
+    #[diesel(sql_type = BigInt)]
+    clock_us: i64,
 }
 
 /// Send slots reserved by [`reserve_send_slots`].
@@ -591,6 +593,8 @@ pub struct Reservation {
     pub delays: Vec<f64>,
     /// How late after its slot each send may still start.
     pub allowance: Duration,
+    /// The database clock reading (µs since the Unix epoch) the delays count from.
+    pub clock_us: i64,
 }
 
 /// The shape of the send slots of one key (one business phone number), shared by all replicas.
@@ -630,7 +634,8 @@ impl SlotWindow {
 /// caller expects within a window) are at most a quarter of the cap, else `shape.tolerance`.
 /// Measured on the database clock, so replicas on different hosts agree; the row lock serialises
 /// concurrent callers, so the window holds whichever replica asks (function `reserve_send_slots`,
-/// migration `2026-11-28-090000_rate_limits_slot_allowance`).
+/// migrations `2026-11-28-090000_rate_limits_slot_allowance` and
+/// `2026-11-29-090000_rate_limits_clock_reading`).
 pub async fn reserve_send_slots(
     conn: &mut AsyncPgConnection,
     key: &str,
@@ -642,7 +647,7 @@ pub async fn reserve_send_slots(
     let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
     let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let reserved: Reserved = diesel::sql_query(
-        "SELECT delays, allowance_us FROM reserve_send_slots($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "SELECT delays, allowance_us, clock_us FROM reserve_send_slots($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind::<Text, _>(key)
     .bind::<Integer, _>(int(shape.cap))
@@ -658,6 +663,7 @@ pub async fn reserve_send_slots(
     Ok(Reservation {
         delays: reserved.delays,
         allowance: Duration::from_micros(u64::try_from(reserved.allowance_us).unwrap_or(0)),
+        clock_us: reserved.clock_us,
     })
 }
 

@@ -193,3 +193,48 @@ async fn invalid_arguments_are_refused_naming_them() -> anyhow::Result<()> {
     assert!(error.to_string().contains("cap 0"), "{error}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_answer_carries_the_database_clock_reading_its_delays_count_from() -> anyhow::Result<()>
+{
+    // Arrange
+    let db = TestDb::new().await?;
+    let mut conn = db.conn().await;
+    let shape = SlotWindow {
+        spacing: Duration::from_millis(20),
+        ..SHAPE
+    };
+
+    // Act: the reading and `tat` (last slot + spacing) in one transaction, under the row lock.
+    let before = chrono::Utc::now().timestamp_micros();
+    let (reservation, tat) = conn
+        .transaction(async |conn| {
+            let reservation =
+                reserve_send_slots(conn, "k", shape, 3, 3, Duration::from_millis(30)).await?;
+            let tat: chrono::DateTime<chrono::Utc> = rate_limits::table
+                .find("k")
+                .select(rate_limits::tat)
+                .first(conn)
+                .await?;
+            anyhow::Ok((reservation, tat))
+        })
+        .await?;
+    let after = chrono::Utc::now().timestamp_micros();
+
+    // Assert: read on this host's clock during the call; the last slot is the reading plus its
+    // delay, exactly.
+    let rounding = i64::try_from(ROUNDING.as_micros())?;
+    assert!(
+        (before - rounding..=after + rounding).contains(&reservation.clock_us),
+        "{before} <= {} <= {after}",
+        reservation.clock_us
+    );
+    let last_delay_us = (reservation.delays[2] * 1e6).round() as i64;
+    let last_slot = tat.timestamp_micros() - i64::try_from(shape.spacing.as_micros())?;
+    assert!(
+        (reservation.clock_us + last_delay_us - last_slot).abs() <= rounding,
+        "reading {} + delay {last_delay_us} vs last slot {last_slot}",
+        reservation.clock_us
+    );
+    Ok(())
+}
