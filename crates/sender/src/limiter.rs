@@ -62,7 +62,7 @@ pub const MAX_LEAD: Duration = Duration::from_millis(250);
 /// wake-up.
 pub const PREPARED_LEAD: Duration = Duration::from_millis(2);
 /// A send that could not start within this much after its slot (or half the margin's jitter
-/// budget, when that is more; see [`slot_window`]) gives the slot up and takes a new
+/// budget, when that is more, up to [`MAX_SLOT_TOLERANCE`]; see [`slot_window`]) gives the slot up and takes a new
 /// one: a late send could otherwise land in the next second together with that second's own sends.
 pub const SLOT_TOLERANCE: Duration = Duration::from_millis(5);
 
@@ -253,7 +253,7 @@ pub fn slot_window(rate_per_second: u32, margin_permille: u32) -> SlotWindow {
     let window = Duration::from_secs(1) + margin;
     // Two sends a window apart may be delayed differently by up to the margin before a second
     // holds `rate + 1` of them; our own lateness takes at most half of that (at least
-    // SLOT_TOLERANCE), the network and Meta the rest.
+    // SLOT_TOLERANCE, at most MAX_SLOT_TOLERANCE), the network and Meta the rest.
     let tolerance = (margin / 2).clamp(SLOT_TOLERANCE, MAX_SLOT_TOLERANCE);
     SlotWindow {
         cap,
@@ -652,21 +652,14 @@ async fn reserve(
     )
     .await?;
     let answered = Instant::now();
-    let clock = reading_instant(reservation.clock_us, sent, answered, unix_micros_now());
+    let wall_us = chrono::Utc::now().timestamp_micros();
+    let clock = reading_instant(reservation.clock_us, sent, answered, wall_us);
     let slots = reservation
         .delays
         .into_iter()
         .map(|delay| clock + Duration::from_secs_f64(delay.max(0.0)))
         .collect();
     Ok((slots, reservation.allowance))
-}
-
-/// Microseconds since the Unix epoch on our wall clock.
-fn unix_micros_now() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// When, on our monotonic clock, the database read its clock as `clock_us`, for a call sent at
@@ -685,9 +678,10 @@ fn reading_instant(clock_us: i64, sent: Instant, answered: Instant, wall_us: i64
         .clamp(sent, answered)
 }
 
-/// The database's rule applied again to our own slots on our clock: each batch's reading of the
-/// database instants is off by a different fraction of a round trip, which must not squeeze two of
-/// our slots closer than the spacing, or `cap + 1` of their sends into one window.
+/// The database's rule applied again to our own slots on our clock: when our wall clock and the
+/// database's disagree, each batch's placement is off by a different part of its round trip (see
+/// [`reading_instant`]), which must not squeeze two of our slots closer than the spacing, or
+/// `cap + 1` of their sends into one window.
 struct LocalWindow {
     shape: SlotWindow,
     /// The latest slot.

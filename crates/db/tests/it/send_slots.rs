@@ -19,11 +19,8 @@ const SHAPE: SlotWindow = SlotWindow {
 /// Rounding of the database's timestamps and of the delays (seconds as doubles) back to µs.
 const ROUNDING: Duration = Duration::from_micros(2);
 
-/// Reserves slots and returns them as instants on the database clock, plus their allowance.
-///
-/// The delays are relative to a `now` the caller never sees; reading `tat` (the last slot plus
-/// the spacing) in the same transaction, while the row lock is still held, anchors them exactly,
-/// so the assertions do not depend on how late a busy test machine reads its own clock.
+/// Reserves slots and returns them as instants on the database clock (the reading the answer
+/// carries plus each delay), plus their allowance.
 async fn reserve_on_db_clock(
     conn: &mut AsyncPgConnection,
     key: &str,
@@ -31,28 +28,16 @@ async fn reserve_on_db_clock(
     count: u32,
     demand: u32,
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
-    conn.transaction(async |conn| {
-        let reservation =
-            reserve_send_slots(conn, key, shape, count, demand, Duration::ZERO).await?;
-        let tat: chrono::DateTime<chrono::Utc> = rate_limits::table
-            .find(key)
-            .select(rate_limits::tat)
-            .first(conn)
-            .await?;
-        let micros = |seconds: f64| (seconds * 1e6).round() as i64;
-        let last_slot = tat.timestamp_micros() - i64::try_from(shape.spacing.as_micros())?;
-        let last_delay = micros(*reservation.delays.last().unwrap_or(&0.0));
-        let slots = reservation
-            .delays
-            .iter()
-            .map(|&d| {
-                let at = last_slot - (last_delay - micros(d));
-                Ok(Duration::from_micros(u64::try_from(at)?))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok((slots, reservation.allowance))
-    })
-    .await
+    let reservation = reserve_send_slots(conn, key, shape, count, demand, Duration::ZERO).await?;
+    let slots = reservation
+        .delays
+        .iter()
+        .map(|&d| {
+            let at = reservation.clock_us + (d * 1e6).round() as i64;
+            Ok(Duration::from_micros(u64::try_from(at)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((slots, reservation.allowance))
 }
 
 #[tokio::test]

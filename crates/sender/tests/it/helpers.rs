@@ -348,6 +348,20 @@ impl Harness {
             .collect()
     }
 
+    /// Asserts graph-mock accepted `accepted` sends from the default number, never saw more than
+    /// `cap` send attempts in one second, and never answered 130429.
+    pub fn assert_accepted_within_cap(&self, accepted: u64, cap: u64) {
+        let stats = self.mock.stats();
+        let phone = &stats.phone_numbers[wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID];
+        assert_eq!(phone.accepted, accepted);
+        assert!(
+            phone.max_attempts_in_any_second <= cap,
+            "max sends in a second: {}",
+            phone.max_attempts_in_any_second
+        );
+        assert_eq!(phone.rate_limited_130429, 0);
+    }
+
     /// Opens the 24-hour window of `to` as an inbound message would.
     pub async fn open_window(&self, to_digits: &str) {
         let mut conn = self.db.conn().await;

@@ -687,15 +687,7 @@ async fn three_sender_processes_with_cap_20_never_exceed_20_per_second_and_send_
 
     // Assert
     assert!(outcomes.values().all(|(k, _)| k == "outbound.accepted"));
-    let stats = h.mock.stats();
-    let phone = &stats.phone_numbers[wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID];
-    assert_eq!(phone.accepted, 200);
-    assert!(
-        phone.max_attempts_in_any_second <= 20,
-        "max sends in a second: {}",
-        phone.max_attempts_in_any_second
-    );
-    assert_eq!(phone.rate_limited_130429, 0);
+    h.assert_accepted_within_cap(200, 20);
     assert!(elapsed >= Duration::from_secs(9), "{elapsed:?}");
     assert!(elapsed <= Duration::from_millis(12_500), "{elapsed:?}");
     for process in &processes {
@@ -745,15 +737,7 @@ async fn a_receiver_that_stalls_never_counts_more_than_the_cap_in_a_second() {
 
     // Assert
     assert!(outcomes.values().all(|(k, _)| k == "outbound.accepted"));
-    let stats = h.mock.stats();
-    let phone = &stats.phone_numbers[wa_graph_mock::config::DEFAULT_PHONE_NUMBER_ID];
-    assert_eq!(phone.accepted, 100);
-    assert!(
-        phone.max_attempts_in_any_second <= 20,
-        "max sends in a second: {}",
-        phone.max_attempts_in_any_second
-    );
-    assert_eq!(phone.rate_limited_130429, 0);
+    h.assert_accepted_within_cap(100, 20);
     h.stop_senders().await;
 }
 
