@@ -139,9 +139,20 @@ struct AnswerWindow {
 }
 
 impl AnswerWindow {
-    /// Starts a send at `now` if fewer than `cap` count; otherwise the instant the first of them
-    /// stops counting (`None` when all are unanswered: none stops within the next second).
-    fn try_start(&mut self, now: Instant, cap: usize) -> Result<(), Option<Instant>> {
+    /// Starts a send at `now` if that is not past `deadline` and fewer than `cap` count; otherwise
+    /// the instant the first of them stops counting (`None` when it is too late, or all are
+    /// unanswered: none stops within the next second).
+    fn try_start(
+        &mut self,
+        now: Instant,
+        deadline: Instant,
+        cap: usize,
+    ) -> Result<(), Option<Instant>> {
+        // A wait for room can wake late on a busy host; past the slot's allowance the send would
+        // bunch with the next slots' sends.
+        if now > deadline {
+            return Err(None);
+        }
         while self
             .counting_until
             .peek()
@@ -375,7 +386,7 @@ impl RateLimiter {
                 .answers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .try_start(now, cap);
+                .try_start(now, deadline, cap);
             match started {
                 Ok(()) => {
                     return Some(InFlight {
@@ -773,19 +784,28 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut answers = AnswerWindow::default();
-        assert_eq!(answers.try_start(ms(0), 2), Ok(()));
-        assert_eq!(answers.try_start(ms(10), 2), Ok(()));
+        assert_eq!(answers.try_start(ms(0), ms(0), 2), Ok(()));
+        assert_eq!(answers.try_start(ms(10), ms(10), 2), Ok(()));
         // Both unanswered: neither can stop counting within the next second.
-        assert_eq!(answers.try_start(ms(20), 2), Err(None));
+        assert_eq!(answers.try_start(ms(20), ms(20), 2), Err(None));
         // Answered late (a stalled receiver): it counts for a second after its answer, not after
         // its start.
         answers.answered(ms(400));
-        assert_eq!(answers.try_start(ms(1_010), 2), Err(Some(ms(1_400))));
-        assert_eq!(answers.try_start(ms(1_400), 2), Ok(()));
+        assert_eq!(
+            answers.try_start(ms(1_010), ms(1_010), 2),
+            Err(Some(ms(1_400)))
+        );
+        assert_eq!(answers.try_start(ms(1_400), ms(1_400), 2), Ok(()));
         answers.answered(ms(1_401));
         answers.answered(ms(1_402));
-        assert_eq!(answers.try_start(ms(2_400), 2), Err(Some(ms(2_401))));
-        assert_eq!(answers.try_start(ms(2_402), 2), Ok(()));
+        assert_eq!(
+            answers.try_start(ms(2_400), ms(2_400), 2),
+            Err(Some(ms(2_401)))
+        );
+        assert_eq!(answers.try_start(ms(2_402), ms(2_402), 2), Ok(()));
+        // Room, but past the slot's allowance (a wait that woke late): refused.
+        assert_eq!(answers.try_start(ms(3_500), ms(3_490), 2), Err(None));
+        assert_eq!(answers.try_start(ms(3_500), ms(3_510), 2), Ok(()));
     }
 
     #[test]
