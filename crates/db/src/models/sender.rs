@@ -667,6 +667,47 @@ pub async fn reserve_send_slots(
     })
 }
 
+/// Makes `conn` a session for sending leases (see [`take_send_leases`]): PostgreSQL ends it once
+/// it has been idle for `ttl` (`idle_session_timeout`, PostgreSQL 14+), which releases its leases,
+/// so a holder that froze or lost its network hands its numbers on without anyone's help.
+pub async fn start_lease_session(conn: &mut AsyncPgConnection, ttl: Duration) -> QueryResult<()> {
+    diesel::sql_query("SELECT set_config('idle_session_timeout', $1, false)")
+        .bind::<Text, _>(format!("{}ms", ttl.as_millis()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct TakenLease {
+    #[diesel(sql_type = Text)]
+    key: String,
+}
+
+/// The advisory lock class of sending leases (`"WASE"`): the two-key lock space, apart from every
+/// one-key (`bigint`) advisory lock the services take.
+const SEND_LEASE_LOCK_CLASS: i32 = 0x5741_5345;
+
+/// Takes for this session every lease among `keys` that no other session holds, and returns the
+/// ones it took. A lease is a session-level advisory lock `(SEND_LEASE_LOCK_CLASS, hashtext(key))`:
+/// it stays with the session until the session ends. Two keys that hash alike are one lock, so
+/// their numbers are always held together (by the same session: the lock is re-entrant), which is
+/// harmless. Pass only keys the session does not hold yet (taking one twice would stack the lock).
+/// With no keys it still proves the session alive.
+pub async fn take_send_leases(
+    conn: &mut AsyncPgConnection,
+    keys: &[String],
+) -> QueryResult<Vec<String>> {
+    let taken: Vec<TakenLease> = diesel::sql_query(
+        "SELECT k AS key FROM unnest($1::text[]) AS k WHERE pg_try_advisory_lock($2, hashtext(k))",
+    )
+    .bind::<Array<Text>, _>(keys)
+    .bind::<Integer, _>(SEND_LEASE_LOCK_CLASS)
+    .load(conn)
+    .await?;
+    Ok(taken.into_iter().map(|t| t.key).collect())
+}
+
 /// Pauses a tenant's sending (auth error); keeps the first pause time. True when it was not paused.
 pub async fn pause_tenant(
     conn: &mut AsyncPgConnection,

@@ -4,6 +4,7 @@
 mod constraints;
 mod migrations;
 mod processed_events;
+mod send_leases;
 mod send_slots;
 mod tenants;
 mod test_db;
