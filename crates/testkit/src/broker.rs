@@ -224,7 +224,9 @@ impl Admin {
             }
             Admin::Ctl { user } => {
                 rabbitmqctl(&["add_vhost", vhost]).await?;
-                rabbitmqctl(&["set_permissions", "-p", vhost, user, ".*", ".*", ".*"]).await
+                rabbitmqctl(&["set_permissions", "-p", vhost, user, ".*", ".*", ".*"])
+                    .await
+                    .map(drop)
             }
         }
     }
@@ -245,12 +247,41 @@ impl Admin {
                     .error_for_status()?;
                 Ok(())
             }
-            Admin::Ctl { .. } => rabbitmqctl(&["delete_vhost", vhost]).await,
+            Admin::Ctl { .. } => rabbitmqctl(&["delete_vhost", vhost]).await.map(drop),
         }
     }
 }
 
-async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+/// Consumers subscribed to each queue of `vhost`, by queue name, waiting single-active consumers
+/// included: read live from the broker by `rabbitmqctl list_consumers` (the management API's
+/// consumer list trails by its statistics interval, and a passive declare counts active ones only).
+pub async fn consumers_by_queue(
+    vhost: &str,
+) -> anyhow::Result<std::collections::HashMap<String, usize>> {
+    let listed = rabbitmqctl(&[
+        "-q",
+        "list_consumers",
+        "-p",
+        vhost,
+        "queue_name",
+        "--formatter",
+        "json",
+    ])
+    .await?;
+    let consumers: Vec<serde_json::Value> =
+        serde_json::from_str(&listed).context("rabbitmqctl list_consumers answered JSON")?;
+    let mut by_queue = std::collections::HashMap::new();
+    for consumer in &consumers {
+        let queue = consumer["queue_name"]
+            .as_str()
+            .context("a consumer without queue_name")?;
+        *by_queue.entry(queue.to_owned()).or_default() += 1;
+    }
+    Ok(by_queue)
+}
+
+/// Runs `rabbitmqctl` with `args`; its standard output.
+async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
@@ -263,7 +294,7 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Percent-encodes a path segment of the management API (vhost and queue names contain `.`/`-`,
