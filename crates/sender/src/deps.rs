@@ -24,6 +24,7 @@ use crate::batch::{Batcher, ClaimJobs, RecordAccepted, RecordJobs};
 use crate::clients::graph::GraphClient;
 use crate::config::SendConfig;
 use crate::lanes::Lanes;
+use crate::lease::Lease;
 use crate::limiter::RateLimiter;
 
 /// Shared dependencies of the sender's handlers.
@@ -69,6 +70,8 @@ pub struct TenantCtx {
     pub tenant: Arc<Tenant>,
     /// The number's cap (shared with other replicas through PostgreSQL).
     pub limiter: RateLimiter,
+    /// The number's sending lease: only its holder consumes the tenant's dispatch queues.
+    pub lease: Lease,
     /// Per-recipient pacing.
     pub lanes: Lanes,
     /// Set while the tenant is paused (auth error); handlers stop calling Graph.

@@ -213,6 +213,21 @@ impl Dispatcher {
                     }
                     return Step::Done(Outcome::Requeue);
                 };
+                // Checked before the claim, for the latest start the slot allows, so a job is
+                // never claimed for a send that must not happen (the lease ends no earlier).
+                if !ctx.lease.is_valid_until(slot.at + slot.allowance) {
+                    // Another replica may hold the number by then: hand the job back to it. (The
+                    // keeper logs the lease's loss; this happens to every job still waiting.)
+                    tracing::debug!(
+                        "the number's sending lease is no longer certain: handing the job back"
+                    );
+                    metrics::counter!("wa_sender_missed_slots_total", "tenant" => tenant_id.to_owned(), "reason" => "lease")
+                        .increment(1);
+                    if claimed.is_some() {
+                        self.release(&record.job_id, None).await;
+                    }
+                    return Step::Done(Outcome::Requeue);
+                }
                 if claimed.is_none() {
                     let granted = tokio::time::Instant::now();
                     let claim = deps.writes.claim.submit(claim_key.clone()).await;

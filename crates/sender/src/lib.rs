@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod events;
 pub mod intake;
 pub mod lanes;
+pub mod lease;
 pub mod limiter;
 pub mod sequencer;
 pub mod startup;

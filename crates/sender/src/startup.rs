@@ -20,6 +20,7 @@ use crate::dispatch::Dispatcher;
 use crate::events::{StatusSettler, WindowTracker, run_settler};
 use crate::intake::Intake;
 use crate::lanes::Lanes;
+use crate::lease::LeaseKeeper;
 use crate::limiter::RateLimiter;
 
 /// Connections reserved for the rate limiters' slot reservations (shared by every number).
@@ -32,6 +33,7 @@ const WARM_CONNECTIONS: usize = 4;
 pub struct App {
     config: Config,
     deps: Arc<Deps>,
+    leases: LeaseKeeper,
     consume_conn: Arc<wa_amqp::Connection>,
     health: HealthServer,
     readiness: Readiness,
@@ -78,6 +80,7 @@ impl App {
         warm_up(&pool, WARM_CONNECTIONS.min(config.db_pool_size)).await?;
         warm_up(&limiter_pool, 1).await?;
         let mut tenants = HashMap::new();
+        let mut leases = LeaseKeeper::new(&config.database_url);
         for tenant in config.tenants.iter() {
             // For dashboards and alerts: the cap every replica enforces for this number.
             metrics::gauge!("wa_sender_rate_cap_per_second", "phone_number_id" => tenant.phone_number_id.clone())
@@ -93,6 +96,7 @@ impl App {
                 Arc::new(TenantCtx {
                     tenant: tenant.clone(),
                     limiter,
+                    lease: leases.lease(&tenant.phone_number_id),
                     lanes: Lanes::default(),
                     paused: AtomicBool::new(false),
                     pause_notify: tokio::sync::Notify::new(),
@@ -116,6 +120,7 @@ impl App {
         Ok(Self {
             config,
             deps,
+            leases,
             consume_conn,
             health,
             readiness,
@@ -129,6 +134,7 @@ impl App {
         let Self {
             config,
             deps,
+            leases,
             consume_conn,
             health,
             readiness,
@@ -136,6 +142,9 @@ impl App {
         } = self;
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
         let work = shutdown.child_token();
+        // The leases outlive every other task: they are handed on only once nothing is sending.
+        let leases_stop = CancellationToken::new();
+        let mut keeper = tokio::spawn(leases.run(leases_stop.clone()));
 
         let mut consumer_health = Vec::new();
         let shared_queues: [(&str, u16, usize); 3] = [
@@ -248,12 +257,22 @@ impl App {
         let health_task = tokio::spawn(health.run_until(health_token));
 
         let mut failure = None;
+        let mut keeper_ended = false;
         tokio::select! {
             () = shutdown.cancelled() => {}
             Some(result) = tasks.join_next() => {
                 if let Ok(Err(error)) | Err(error) = result.map_err(anyhow::Error::from) {
                     failure = Some(error);
                 }
+                work.cancel();
+            }
+            result = &mut keeper => {
+                // It runs until told to stop: ending earlier is a bug (a panic).
+                keeper_ended = true;
+                failure = Some(match result {
+                    Ok(()) => anyhow::anyhow!("the lease keeper stopped"),
+                    Err(error) => anyhow::Error::from(error).context("the lease keeper failed"),
+                });
                 work.cancel();
             }
         }
@@ -264,6 +283,10 @@ impl App {
             {
                 failure = Some(error);
             }
+        }
+        leases_stop.cancel();
+        if !keeper_ended {
+            let _ = keeper.await;
         }
         deps.publisher.close().await;
         let _ = consume_conn.close(200, "shutdown").await;
@@ -277,9 +300,10 @@ impl App {
     }
 }
 
-/// Runs a tenant's dispatch consumers while it is not paused; while paused (by any replica,
-/// `tenants.paused_at`), consumes nothing (jobs stay queued), raises `wa_sender_tenant_paused`, and
-/// probes the credentials every probe interval; a successful probe resumes everyone.
+/// Runs a tenant's dispatch consumers while this process holds the number's sending lease and the
+/// tenant is not paused. While paused (by any replica, `tenants.paused_at`), the lease holder
+/// consumes nothing (jobs stay queued), raises `wa_sender_tenant_paused`, and probes the
+/// credentials every probe interval; a successful probe resumes everyone.
 async fn supervise_tenant(
     deps: Arc<Deps>,
     ctx: Arc<TenantCtx>,
@@ -291,9 +315,16 @@ async fn supervise_tenant(
     let tenant_id = ctx.tenant.tenant_id.clone();
     let interval = deps.send.probe_interval;
     let paused_gauge = metrics::gauge!("wa_sender_tenant_paused", "tenant" => tenant_id.clone());
+    let mut lease = ctx.lease.clone();
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
+        }
+        if !lease.is_valid() {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = lease.acquired() => continue,
+            }
         }
         let paused = match deps.pool.get().await {
             Ok(mut c) => wa_db::models::sender::is_tenant_paused(&mut c, &tenant_id)
@@ -352,6 +383,7 @@ async fn supervise_tenant(
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = ctx.pause_notify.notified() => break,
+                () = lease.lost() => break,
                 () = tokio::time::sleep(interval) => {
                     let paused = match deps.pool.get().await {
                         Ok(mut c) => wa_db::models::sender::is_tenant_paused(&mut c, &tenant_id).await.unwrap_or(false),

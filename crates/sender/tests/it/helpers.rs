@@ -20,6 +20,8 @@ use wa_testkit::db::TestDb;
 
 /// The tenant every test uses; its phone number id and token are graph-mock's defaults.
 pub const TENANT: &str = "default";
+/// Every priority of the contract: one dispatch queue each per tenant.
+pub const PRIORITIES: [&str; 3] = ["interactive", "transactional", "bulk"];
 const MGMT: &str = "http://127.0.0.1:15672/api";
 
 /// A vhost of its own on the local broker, deleted on drop.
@@ -173,6 +175,37 @@ impl Harness {
                 .expect("sender stops in time");
             result.expect("sender task").expect("sender exits cleanly");
         }
+    }
+
+    /// Consumers subscribed to the default tenant's dispatch queue of `priority`, waiting
+    /// single-active consumers included.
+    pub async fn dispatch_consumers(&self, priority: &str) -> usize {
+        let name = wa_common::topology::sender_dispatch_queue(TENANT, priority).name;
+        wa_testkit::broker::consumers_by_queue(&self.vhost.name)
+            .await
+            .expect("rabbitmqctl lists the consumers")
+            .get(&name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Publishes `count` template jobs `<id_prefix><i>` to `<to_prefix><i:05>`, their priorities
+    /// taking turns (so each of the tenant's three dispatch queues has work); their ids.
+    pub async fn publish_jobs_of_every_priority(
+        &self,
+        id_prefix: &str,
+        count: usize,
+        to_prefix: &str,
+    ) -> Vec<String> {
+        let mut ids = Vec::with_capacity(count);
+        for i in 0..count {
+            let id = format!("{id_prefix}{i}");
+            let mut job = template_job(&id, &format!("{to_prefix}{i:05}"));
+            job["priority"] = json!(PRIORITIES[i % PRIORITIES.len()]);
+            self.publish_job(&job).await;
+            ids.push(id);
+        }
+        ids
     }
 
     /// Publishes a send-job as the platform does.
@@ -443,7 +476,30 @@ impl Harness {
     }
 }
 
+/// Jobs each of `processes` got accepted so far, in their order.
+pub async fn sends_by_process(processes: &[SenderProcess]) -> Vec<u64> {
+    let mut sent = Vec::with_capacity(processes.len());
+    for process in processes {
+        sent.push(process.sent().await);
+    }
+    sent
+}
+
 impl SenderProcess {
+    /// Jobs this process got accepted by Meta so far (`wa_sender_sent_total` on its `/metrics`).
+    pub async fn sent(&self) -> u64 {
+        let metrics = reqwest::get(format!("http://{}/metrics", self.http_addr))
+            .await
+            .expect("metrics reachable")
+            .text()
+            .await
+            .expect("metrics body");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("wa_sender_sent_total{tenant=\"default\"} "))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    }
+
     /// SIGTERM, then waits for a clean exit (it drains in-flight jobs first).
     pub async fn stop(mut self) {
         let pid = self.child.id().expect("still running");

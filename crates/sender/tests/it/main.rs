@@ -673,14 +673,12 @@ async fn three_sender_processes_with_cap_20_never_exceed_20_per_second_and_send_
             .await;
         processes.push(process);
     }
-    let ids: Vec<String> = (0..200).map(|i| format!("cap-{i}")).collect();
 
-    // Act
+    // Act: every priority, so each of the tenant's three dispatch queues has work.
     let started = Instant::now();
-    for (i, id) in ids.iter().enumerate() {
-        h.publish_job(&template_job(id, &format!("+62812777{i:05}")))
-            .await;
-    }
+    let ids = h
+        .publish_jobs_of_every_priority("cap-", 200, "+62812777")
+        .await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let outcomes = h.wait_outcomes(&refs, Duration::from_secs(30)).await;
     let elapsed = started.elapsed();
@@ -703,9 +701,109 @@ async fn three_sender_processes_with_cap_20_never_exceed_20_per_second_and_send_
         );
         assert!(metrics.contains(&cap_line), "{metrics}");
     }
+    let sent_by = sends_by_process(&processes).await;
+    assert_eq!(
+        sent_by.iter().filter(|&&sent| sent > 0).count(),
+        1,
+        "one process, the lease holder, sends for the number: {sent_by:?}"
+    );
     for process in processes {
         process.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_lease_holder_stops_another_replica_takes_the_number_over_with_nothing_lost() {
+    // Arrange: three sender processes; one of them holds the number's lease.
+    let mut h = Harness::new(MockConfig::for_tests()).await;
+    let mut processes = Vec::new();
+    for _ in 0..3 {
+        processes.push(h.spawn_sender_process(&[]).await);
+    }
+    let first = h
+        .publish_jobs_of_every_priority("before-", 30, "+62812666")
+        .await;
+    let refs: Vec<&str> = first.iter().map(String::as_str).collect();
+    h.wait_outcomes(&refs, WAIT).await;
+    let sent_by = sends_by_process(&processes).await;
+    let holder = sent_by.iter().position(|&sent| sent == 30);
+    let holder = holder.unwrap_or_else(|| panic!("one process sent all 30: {sent_by:?}"));
+    for priority in PRIORITIES {
+        assert_eq!(
+            h.dispatch_consumers(priority).await,
+            1,
+            "only the lease holder consumes the {priority} queue (single active consumer alone \
+             would let each queue's active consumer be in a different replica)"
+        );
+    }
+
+    // Act: the holder stops (SIGTERM); more jobs come.
+    processes.remove(holder).stop().await;
+    let then = h
+        .publish_jobs_of_every_priority("after-", 30, "+62812667")
+        .await;
+    let refs: Vec<&str> = then.iter().map(String::as_str).collect();
+    let outcomes = h.wait_outcomes(&refs, WAIT).await;
+
+    // Assert: every job accepted once, all sent by one of the two replicas left.
+    assert!(outcomes.values().all(|(k, _)| k == "outbound.accepted"));
+    assert_eq!(h.sends().len(), 60, "each job sent exactly once");
+    let mut sent_by = sends_by_process(&processes).await;
+    sent_by.sort_unstable();
+    assert_eq!(sent_by, [0, 30], "the new holder sent them all");
+    for process in processes {
+        process.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_database_ends_the_lease_session_sending_stops_and_resumes_with_nothing_lost() {
+    // Arrange: two replicas and a broadcast slow enough (5/s) to be mid-way when the lease goes.
+    let mut h = Harness::new(MockConfig::for_tests()).await;
+    let mut config = sender_config(&h);
+    config.send.rate_per_second = 5;
+    for _ in 0..2 {
+        h.start_sender(config.clone()).await;
+    }
+    let ids = h
+        .publish_jobs_of_every_priority("lease-", 20, "+62812555")
+        .await;
+    eventually(WAIT, "the broadcast is under way", || async {
+        h.sends().len() >= 5
+    })
+    .await;
+
+    // Act: the database ends the holder's lease session (as after a failover or an idle timeout);
+    // pg_locks lists every database's locks, so only this test's database is looked at.
+    let mut conn = h.db.conn().await;
+    let ended: Vec<bool> = diesel_async::RunQueryDsl::load::<LeaseSessionEnded>(
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) AS ended FROM pg_locks \
+             WHERE locktype = 'advisory' AND objsubid = 2 AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        ),
+        &mut conn,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| row.ended)
+    .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let outcomes = h.wait_outcomes(&refs, Duration::from_secs(30)).await;
+
+    // Assert: one lease session was ended; every job was still accepted, and sent once.
+    assert_eq!(ended, [true]);
+    assert!(outcomes.values().all(|(k, _)| k == "outbound.accepted"));
+    assert_eq!(h.sends().len(), 20, "each job sent exactly once");
+    h.assert_accepted_within_cap(20, 5);
+    h.stop_senders().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct LeaseSessionEnded {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    ended: bool,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -713,7 +811,9 @@ async fn a_receiver_that_stalls_never_counts_more_than_the_cap_in_a_second() {
     // Arrange: every 17th send holds up the graph-mock worker reading it for 150 ms before it is
     // counted. The 18th send of a window of 20 is then counted 150 ms late, when the next window's
     // slots (a second after their predecessors started) all fall within a second of it: 21 in a
-    // second by the slots alone, whatever the margin. The rule on answers holds them back.
+    // second by the slots alone, whatever the margin. The rule on answers holds them back; it is
+    // kept per process, and three replicas with jobs of every priority send through one process,
+    // the number's lease holder.
     let mut h = Harness::new(MockConfig {
         rate_per_second: 20,
         workers: 2,
@@ -724,14 +824,14 @@ async fn a_receiver_that_stalls_never_counts_more_than_the_cap_in_a_second() {
     .await;
     let mut config = sender_config(&h);
     config.send.rate_per_second = 20;
-    h.start_sender(config).await;
+    for _ in 0..3 {
+        h.start_sender(config.clone()).await;
+    }
 
     // Act
-    let ids: Vec<String> = (0..100).map(|i| format!("stall-{i}")).collect();
-    for (i, id) in ids.iter().enumerate() {
-        h.publish_job(&template_job(id, &format!("+62812888{i:05}")))
-            .await;
-    }
+    let ids = h
+        .publish_jobs_of_every_priority("stall-", 100, "+62812888")
+        .await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let outcomes = h.wait_outcomes(&refs, Duration::from_secs(30)).await;
 
@@ -819,7 +919,10 @@ async fn one_tenants_bulk_broadcast_starves_neither_another_tenant_nor_its_own_i
         broadcast_sent < 120,
         "{broadcast_sent} broadcast sends already"
     );
-    // The reply took one of the next few slots of its number, ahead of the queued bulk jobs.
+    // The reply went out within about a second of sending at the cap (10 slots), ahead of the
+    // ~180 bulk jobs still queued. Not within the next 4: slots are handed out up to the lead
+    // ahead, and the reply's own trip through intake takes a few slots' time when every test runs
+    // at once on the 2-core CI machine (5 after it was seen there).
     let default_number: Vec<String> = h
         .sends()
         .iter()
@@ -834,7 +937,7 @@ async fn one_tenants_bulk_broadcast_starves_neither_another_tenant_nor_its_own_i
         .position(|to| to == "+6281366699999")
         .unwrap();
     assert!(
-        reply_at <= sent_before + 4,
+        reply_at <= sent_before + 10,
         "the reply was send #{reply_at} of its number; {sent_before} were sent when it was published"
     );
     h.stop_senders().await;
