@@ -1,7 +1,8 @@
 //! Sender benchmark, against the real broker and database and an in-process graph-mock.
 //!
-//! - Capped: 1,000 template jobs to distinct recipients, `SENDER_RATE_PER_SECOND=80`, three
-//!   replicas sharing the cap (consuming before the clock starts), graph-mock stalling 60 ms
+//! - Capped: 1,000 template jobs to distinct recipients, of every priority (so all three of the
+//!   tenant's dispatch queues have work), `SENDER_RATE_PER_SECOND=80`, three replicas sharing the
+//!   cap (consuming before the clock starts), graph-mock stalling 60 ms
 //!   before reading every 97th send (a receiver hiccup: the sends behind it are counted late).
 //!   Figures: time from the first
 //!   publish to Meta's 1,000th acceptance against the ideal 12.5 s (target within 3 %), the
@@ -105,7 +106,14 @@ fn config(
     })
 }
 
-fn job(i: usize, prefix: &str) -> Value {
+/// Send-job `i`; `mixed` spreads jobs over every priority (so over all three of the tenant's
+/// dispatch queues), else every job is `bulk`.
+fn job(i: usize, prefix: &str, mixed: bool) -> Value {
+    let priority = if mixed {
+        ["interactive", "transactional", "bulk"][i % 3]
+    } else {
+        "bulk"
+    };
     let params: Vec<Value> = [
         "Siti",
         "Umroh Reguler",
@@ -118,18 +126,23 @@ fn job(i: usize, prefix: &str) -> Value {
     .map(|t| json!({"type": "text", "text": t}))
     .collect();
     json!({"job_id": format!("{prefix}-{i}"), "tenant_id": "default", "to": format!("+62813{i:08}"),
-        "priority": "bulk",
+        "priority": priority,
         "message": {"type": "template", "template": {"name": "payment_reminder", "language": {"code": "id"},
             "components": [{"type": "body", "parameters": params}]}}})
 }
 
-async fn publish_jobs(publisher: &Publisher, count: usize, prefix: &str) -> anyhow::Result<()> {
+async fn publish_jobs(
+    publisher: &Publisher,
+    count: usize,
+    prefix: &str,
+    mixed: bool,
+) -> anyhow::Result<()> {
     let mut batch = Vec::new();
     for i in 0..count {
         batch.push(OutgoingMessage::json(
             exchange::COMMANDS,
             routing::SEND,
-            &job(i, prefix),
+            &job(i, prefix, mixed),
             PublishOptions::default(),
         )?);
         if batch.len() == 500 {
@@ -211,7 +224,7 @@ async fn capped() -> anyhow::Result<Vec<Figure>> {
     let publisher = Publisher::connect(&broker.amqp_url, "bench-sender").await?;
     let started = Instant::now();
     let started_wall = chrono::Utc::now();
-    publish_jobs(&publisher, CAPPED_JOBS, "capped").await?;
+    publish_jobs(&publisher, CAPPED_JOBS, "capped", true).await?;
     wait_accepted(&mock, CAPPED_JOBS as u64, Duration::from_secs(60)).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let arrivals: Vec<chrono::DateTime<chrono::Utc>> = mock
@@ -264,7 +277,7 @@ async fn capped() -> anyhow::Result<Vec<Figure>> {
         Figure {
             group: GROUP.into(),
             name: format!(
-                "{CAPPED_JOBS} jobs, cap {CAP}/s, 3 replicas, graph-mock stalling {} ms every {STALL_EVERY}th send: time to the last acceptance",
+                "{CAPPED_JOBS} jobs of every priority, cap {CAP}/s, 3 replicas, graph-mock stalling {} ms every {STALL_EVERY}th send: time to the last acceptance",
                 STALL.as_millis()
             ),
             value: elapsed,
@@ -324,7 +337,7 @@ async fn uncapped() -> anyhow::Result<Vec<Figure>> {
     let bodies: Arc<Vec<Value>> = Arc::new(
         (0..UNCAPPED_JOBS)
             .map(|i| {
-                let mut body = job(i, "base")["message"].clone();
+                let mut body = job(i, "base", false)["message"].clone();
                 body["messaging_product"] = json!("whatsapp");
                 body["recipient_type"] = json!("individual");
                 body["to"] = json!(format!("+62813{i:08}"));
@@ -370,7 +383,7 @@ async fn uncapped() -> anyhow::Result<Vec<Figure>> {
     .await?;
     let addr = app.http_addr;
     let publisher = Publisher::connect(&broker.amqp_url, "bench-sender").await?;
-    publish_jobs(&publisher, UNCAPPED_JOBS, "fast").await?;
+    publish_jobs(&publisher, UNCAPPED_JOBS, "fast", false).await?;
     let token = CancellationToken::new();
     let started = Instant::now();
     let busy_before = machine_busy_ticks();
