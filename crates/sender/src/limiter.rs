@@ -440,9 +440,12 @@ impl RateLimiter {
                 if slot.checked_sub(lead).unwrap_or(slot) > now + TIMER_TICK {
                     break;
                 }
-                if !prepared && slot < now + inner.claim_time() {
+                if !prepared && slot < now + inner.claim_time().min(inner.lead() / 2) {
                     // Too close for a send that still has to claim its job (the pump woke late,
-                    // or the slot was reserved for claimed sends): it would only miss it.
+                    // or the slot was reserved for claimed sends): it would only miss it. Never
+                    // more than half the lead: when claims take longer than the longest lead (a
+                    // starved host), every slot would be too close, nobody would claim, and the
+                    // claim time that decides it would never come down.
                     reserved.pop_front();
                     unused.increment(1);
                     continue;

@@ -3,6 +3,7 @@
 
 mod batching;
 mod helpers;
+mod limiter;
 
 use std::time::{Duration, Instant};
 
