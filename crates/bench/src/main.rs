@@ -20,6 +20,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The services under test log only when asked (`RUST_LOG`): logging would cost the figures.
+    let _telemetry = match std::env::var_os("RUST_LOG") {
+        Some(_) => Some(wa_service::telemetry::init("wa-bench")?),
+        None => None,
+    };
     let selected = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
     let mut figures: Vec<report::Figure> = Vec::new();
     if selected("ingress") {

@@ -155,7 +155,32 @@ async fn publish_jobs(
     Ok(())
 }
 
+/// Waits until graph-mock accepted `count` sends; on a timeout the error carries the sender
+/// metrics of the replica at `replica` (where the jobs stopped), to tell a stall from slowness.
 async fn wait_accepted(
+    mock: &wa_graph_mock::RunningMock,
+    count: u64,
+    within: Duration,
+    replica: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let Err(error) = wait_accepted_by_mock(mock, count, within).await else {
+        return Ok(());
+    };
+    let metrics = match reqwest::get(format!("http://{replica}/metrics")).await {
+        Ok(answer) => answer.text().await.unwrap_or_default(),
+        Err(scrape) => format!("(scrape failed: {scrape})"),
+    };
+    let sender_lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("wa_sender") || l.starts_with("wa_queue"))
+        .collect();
+    Err(error.context(format!(
+        "sender metrics at the timeout:\n{}",
+        sender_lines.join("\n")
+    )))
+}
+
+async fn wait_accepted_by_mock(
     mock: &wa_graph_mock::RunningMock,
     count: u64,
     within: Duration,
@@ -225,7 +250,14 @@ async fn capped() -> anyhow::Result<Vec<Figure>> {
     let started = Instant::now();
     let started_wall = chrono::Utc::now();
     publish_jobs(&publisher, CAPPED_JOBS, "capped", true).await?;
-    wait_accepted(&mock, CAPPED_JOBS as u64, Duration::from_secs(60)).await?;
+    let first_replica = *addrs.first().context("no replica")?;
+    wait_accepted(
+        &mock,
+        CAPPED_JOBS as u64,
+        Duration::from_secs(60),
+        first_replica,
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let arrivals: Vec<chrono::DateTime<chrono::Utc>> = mock
         .requests(&RequestFilter {
@@ -390,7 +422,7 @@ async fn uncapped() -> anyhow::Result<Vec<Figure>> {
     let running = tokio::spawn(app.run_until(token.clone()));
     // Counters are process-wide (the capped run's come first): take them as the run starts.
     let slots = SlotCounts::scrape(addr).await?;
-    wait_accepted(&mock, UNCAPPED_JOBS as u64, Duration::from_secs(120)).await?;
+    wait_accepted(&mock, UNCAPPED_JOBS as u64, Duration::from_secs(120), addr).await?;
     let rate = UNCAPPED_JOBS as f64 / started.elapsed().as_secs_f64();
     if let (Some(before), Some(after)) = (busy_before, machine_busy_ticks()) {
         // USER_HZ is 100 on Linux: a tick is 10 ms.
