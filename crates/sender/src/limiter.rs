@@ -79,6 +79,9 @@ pub const MAX_SLOT_TOLERANCE: Duration = Duration::from_millis(10);
 /// this much, once.
 pub const LOOSE_ALLOWANCE: Duration = Duration::from_millis(50);
 
+/// Longest lead a reservation asks the database for (see [`Inner::reservation_lead`]).
+pub const MAX_RESERVATION_LEAD: Duration = Duration::from_secs(1);
+
 /// The next batch of slots is reserved this long (plus the lead) before the reserved ones run
 /// out, so the reservation's round trip (on a dedicated connection) never leaves a gap.
 pub const REFILL_AHEAD: Duration = Duration::from_millis(100);
@@ -119,6 +122,8 @@ struct Inner {
     base_lead: Duration,
     /// Recent average time from a send getting its slot to its job being claimed, in µs.
     claim_us: AtomicU64,
+    /// Recent average time a reservation takes, from asking for a connection to the answer, in µs.
+    reserve_us: AtomicU64,
     /// Slots handed out whose send is still claiming its job (see [`CLAIMS_IN_FLIGHT`]).
     claiming: AtomicUsize,
     batch_max: usize,
@@ -337,6 +342,7 @@ impl RateLimiter {
                 shape,
                 base_lead: (average_interval * 4).clamp(MIN_LEAD, SLOT_LEAD),
                 claim_us: AtomicU64::new(0),
+                reserve_us: AtomicU64::new(0),
                 claiming: AtomicUsize::new(0),
                 batch_max,
                 pool,
@@ -425,8 +431,12 @@ impl RateLimiter {
         let unused = metrics::counter!("wa_sender_unused_slots_total", "phone_number_id" => inner.phone_number_id.clone());
         loop {
             let now = Instant::now();
-            // A slot whose instant passed unused is gone: the cap is only ever under-used.
-            while reserved.front().is_some_and(|(slot, _)| *slot < now) {
+            // A slot whose latest start passed unused is gone: the cap is only ever under-used.
+            // (One whose instant passed may still go to a claimed send, within its allowance.)
+            while reserved
+                .front()
+                .is_some_and(|(slot, allowance)| *slot + *allowance < now)
+            {
                 reserved.pop_front();
                 unused.increment(1);
             }
@@ -498,7 +508,7 @@ impl RateLimiter {
                     self.inner.clone(),
                     count,
                     demand,
-                    lead,
+                    inner.reservation_lead(lead),
                 )));
             }
             // Sleep until the next thing to do: a hand-out (or, with nobody waiting, the front
@@ -631,6 +641,26 @@ impl Inner {
         waiter.prepared || self.claiming.load(Ordering::Relaxed) < CLAIMS_IN_FLIGHT
     }
 
+    /// Records how long a reservation took (see [`Inner::reservation_lead`]).
+    fn observe_reservation(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .reserve_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(avg - avg / 8 + took / 8)
+            });
+    }
+
+    /// The lead a reservation for sends handed out `hand_out` ahead asks for: at least twice the
+    /// recent reservation time (up to [`MAX_RESERVATION_LEAD`]). The database places the slots
+    /// from the moment it read its clock, so a lead shorter than the way back would put them in
+    /// the past by the time the answer is read: every one dropped, and the next reservation
+    /// alike, for as long as the database is that slow.
+    fn reservation_lead(&self, hand_out: Duration) -> Duration {
+        let round_trips = Duration::from_micros(self.reserve_us.load(Ordering::Relaxed)) * 2;
+        hand_out.max(round_trips.min(MAX_RESERVATION_LEAD))
+    }
+
     /// The recent average claim time.
     fn claim_time(&self) -> Duration {
         Duration::from_micros(self.claim_us.load(Ordering::Relaxed))
@@ -654,6 +684,7 @@ async fn reserve(
     demand: usize,
     lead: Duration,
 ) -> anyhow::Result<Reserved> {
+    let asked = Instant::now();
     let mut conn = inner.pool.get().await?;
     let sent = Instant::now();
     let reservation = wa_db::models::sender::reserve_send_slots(
@@ -666,6 +697,7 @@ async fn reserve(
     )
     .await?;
     let answered = Instant::now();
+    inner.observe_reservation(answered - asked);
     let wall_us = chrono::Utc::now().timestamp_micros();
     let clock = reading_instant(reservation.clock_us, sent, answered, wall_us);
     let slots = reservation

@@ -1,7 +1,8 @@
 //! A TCP proxy a test can break on purpose: point a service at [`TcpProxy::addr`] instead of the
 //! real broker (or database), then [`TcpProxy::cut`] to simulate an outage (every open connection
-//! is dropped, new ones are closed at once) and [`TcpProxy::restore`] to end it. Lets one test
-//! break *its* service's connection without touching the shared broker other tests use.
+//! is dropped, new ones are closed at once) and [`TcpProxy::restore`] to end it, or
+//! [`TcpProxy::set_latency`] to make it slow. Lets one test break *its* service's connection
+//! without touching the shared broker other tests use.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +24,8 @@ pub struct TcpProxy {
 struct Shared {
     cut: AtomicBool,
     accepted: AtomicU64,
+    /// One-way delay of every chunk forwarded, in µs.
+    latency_us: AtomicU64,
     connections: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -60,7 +63,7 @@ impl TcpProxy {
                     }
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
                     let target = target.clone();
-                    let connection = tokio::spawn(pipe(client, target));
+                    let connection = tokio::spawn(pipe(client, target, shared.clone()));
                     let mut connections = shared
                         .connections
                         .lock()
@@ -99,6 +102,13 @@ impl TcpProxy {
         self.shared.cut.store(false, Ordering::SeqCst);
     }
 
+    /// Delays every chunk forwarded in either direction by `one_way` (zero: none), so a request
+    /// and its answer take two of them more: a slow network or a starved server.
+    pub fn set_latency(&self, one_way: std::time::Duration) {
+        let micros = u64::try_from(one_way.as_micros()).unwrap_or(u64::MAX);
+        self.shared.latency_us.store(micros, Ordering::SeqCst);
+    }
+
     /// How many connections were forwarded so far (a reconnect shows up as one more).
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Relaxed)
@@ -125,13 +135,42 @@ fn rewrite_authority(url: &str, addr: SocketAddr) -> String {
     format!("{scheme}://{userinfo}{addr}{tail}")
 }
 
-async fn pipe(mut client: TcpStream, target: String) {
-    let Ok(mut upstream) = TcpStream::connect(&target).await else {
+async fn pipe(client: TcpStream, target: String, shared: Arc<Shared>) {
+    let Ok(upstream) = TcpStream::connect(&target).await else {
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    // Either direction ending ends the connection (as `copy_bidirectional` would).
+    tokio::select! {
+        () = forward(client_read, upstream_write, &shared) => {}
+        () = forward(upstream_read, client_write, &shared) => {}
+    }
+}
+
+/// Copies `from` to `to`, each chunk after the current latency.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    shared: &Shared,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0_u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let latency = shared.latency_us.load(Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(latency)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
