@@ -15,8 +15,9 @@
 //! quiet (frozen, cut off) for [`LEASE_SESSION_TTL`], when PostgreSQL ends the idle session. The
 //! holder's side of that bargain: it counts a lease as valid for [`LEASE_VALIDITY`] (less than the
 //! TTL) after its last successful query was sent, and claims a job only for a send that will start
-//! inside that ([`Lease::is_valid_until`]). A query that fails or takes longer than [`LEASE_QUERY_TIMEOUT`] drops
-//! the session: every lease is lost at once and taken again on a new session.
+//! inside that ([`Lease::is_valid_until`]). A query that fails or takes longer than
+//! [`LEASE_QUERY_TIMEOUT`] drops the session: every lease is lost at once and taken again on a new
+//! session.
 
 use std::time::Duration;
 
@@ -38,11 +39,6 @@ pub const LEASE_SESSION_TTL: Duration = Duration::from_secs(5);
 /// How long after the last successful query was sent the holder still counts its leases valid:
 /// well inside [`LEASE_SESSION_TTL`], which PostgreSQL starts counting only after that query.
 pub const LEASE_VALIDITY: Duration = Duration::from_secs(3);
-
-/// The advisory lock key of a number's lease (the same key as its slot log).
-fn lease_key(phone_number_id: &str) -> String {
-    format!("sender:{phone_number_id}")
-}
 
 /// One number's lease as this process sees it: `Some(until)` while held and confirmed.
 #[derive(Clone)]
@@ -103,7 +99,7 @@ impl LeaseKeeper {
         metrics::gauge!("wa_sender_lease_held", "phone_number_id" => phone_number_id.to_owned())
             .set(0.0);
         self.entries.push(Entry {
-            key: lease_key(phone_number_id),
+            key: crate::limiter::number_key(phone_number_id),
             phone_number_id: phone_number_id.to_owned(),
             state,
         });

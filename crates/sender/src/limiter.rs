@@ -105,6 +105,11 @@ pub const CLAIMS_IN_FLIGHT: usize = 256;
 /// the receiver's window.
 pub const ANSWER_WINDOW: Duration = Duration::from_secs(1);
 
+/// The key of a business number in the database: its slot log's row, and its sending lease.
+pub fn number_key(phone_number_id: &str) -> String {
+    format!("sender:{phone_number_id}")
+}
+
 /// Granularity of tokio's timer.
 const TIMER_TICK: Duration = Duration::from_millis(1);
 
@@ -337,7 +342,7 @@ impl RateLimiter {
         let batch_max = usize::try_from(rate / 4).unwrap_or(1).clamp(1, 5_000);
         Self {
             inner: Arc::new(Inner {
-                key: format!("sender:{phone_number_id}"),
+                key: number_key(phone_number_id),
                 phone_number_id: phone_number_id.to_owned(),
                 shape,
                 base_lead: (average_interval * 4).clamp(MIN_LEAD, SLOT_LEAD),
@@ -625,13 +630,7 @@ impl Inner {
     /// Records how long a send took from getting its slot to having its job claimed; the lead
     /// follows the recent average (see [`SLOT_LEAD`]).
     fn observe_claim(&self, took: Duration) {
-        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let _ = self
-            .claim_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
-                // Exponential moving average over roughly the last eight claims.
-                Some(avg - avg / 8 + took / 8)
-            });
+        add_to_average(&self.claim_us, took);
     }
 
     /// Whether `waiter` may get a slot now: a claimed send always, one that still has to claim
@@ -643,12 +642,7 @@ impl Inner {
 
     /// Records how long a reservation took (see [`Inner::reservation_lead`]).
     fn observe_reservation(&self, took: Duration) {
-        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let _ = self
-            .reserve_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
-                Some(avg - avg / 8 + took / 8)
-            });
+        add_to_average(&self.reserve_us, took);
     }
 
     /// The lead a reservation for sends handed out `hand_out` ahead asks for: at least twice the
@@ -671,6 +665,15 @@ impl Inner {
         let claims = self.claim_time() * 2;
         self.base_lead.max(claims).min(MAX_LEAD)
     }
+}
+
+/// Adds `took` to the running average `average_us` (µs): an exponential moving average over
+/// roughly the last eight observations.
+fn add_to_average(average_us: &AtomicU64, took: Duration) {
+    let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    let _ = average_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+        Some(avg - avg / 8 + took / 8)
+    });
 }
 
 /// Slots reserved in one call, on our clock (ascending), and how late their sends may start.
