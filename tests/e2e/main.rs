@@ -7,31 +7,13 @@ use std::collections::BTreeMap;
 use wa_demo::scenario;
 use wa_demo::stack::{Endpoints, Program, Stack, StackConfig};
 
-/// A free block of five consecutive ports, so parallel runs do not collide.
-fn free_base_port() -> u16 {
-    loop {
-        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = listener.local_addr() else {
-            continue;
-        };
-        let base = addr.port();
-        drop(listener);
-        if base < 60_000
-            && (1..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-}
-
 fn isolated_config() -> StackConfig {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let mut extra_env = BTreeMap::new();
     extra_env.insert("REMINDER_SEND_WINDOW".to_owned(), "00:00-23:59".to_owned());
     StackConfig {
-        base_port: free_base_port(),
+        // A block of five: graph-mock, ingress, sender, conversation-sync, reminder-scheduler.
+        base_port: wa_testkit::ports::free_port_block(5),
         vhost: format!("wa-e2e-{id}"),
         database: format!("wa_e2e_{id}"),
         work_dir: std::env::temp_dir().join(format!("wa-e2e-{id}")),

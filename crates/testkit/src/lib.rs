@@ -2,5 +2,6 @@
 
 pub mod broker;
 pub mod db;
+pub mod ports;
 pub mod private;
 pub mod proxy;

@@ -411,22 +411,15 @@ pub struct SenderProcess {
     pub http_addr: std::net::SocketAddr,
 }
 
-/// A free local port (the OS picks it; the tiny race until the process binds it is acceptable here).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 impl Harness {
     /// Starts the `sender` binary configured from the environment, as SREs run it, against this
     /// harness (the default tenant, graph-mock, the vhost and the database) plus `extra_env`, and
     /// waits until its `/readyz` answers 200.
     pub async fn spawn_sender_process(&self, extra_env: &[(&str, &str)]) -> SenderProcess {
-        let http_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
+        let http_addr: std::net::SocketAddr =
+            format!("127.0.0.1:{}", wa_testkit::ports::free_port())
+                .parse()
+                .expect("address");
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sender"));
         command
             .env_clear()
