@@ -157,6 +157,9 @@ impl Scheduler {
         let package_name = event.package.name.trim().to_owned();
         let mut conn = self.pool().get().await?;
         conn.transaction(async |conn| {
+            // First, so a tick deciding to hold this jamaah's reminders sees the upsert whole or
+            // not at all (see `db::lock_jamaah`).
+            db::lock_jamaah(conn, tenant, &row.jamaah_id).await?;
             db::upsert_jamaah(conn, &row).await?;
             // Reminders deferred because this jamaah's events came first are due again now.
             db::release_reminders_held_for_jamaah(conn, tenant, &row.jamaah_id, self.now()).await?;

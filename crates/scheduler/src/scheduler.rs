@@ -68,6 +68,9 @@ pub struct TickReport {
     pub failed: usize,
     /// Pushed back because the jamaah is not known yet.
     pub deferred: usize,
+    /// Left due for the next batch or tick: their jamaah arrived, or was arriving, as they were
+    /// about to be pushed back.
+    pub left_due: usize,
 }
 
 impl std::ops::AddAssign for TickReport {
@@ -78,6 +81,7 @@ impl std::ops::AddAssign for TickReport {
         self.cancelled += other.cancelled;
         self.failed += other.failed;
         self.deferred += other.deferred;
+        self.left_due += other.left_due;
     }
 }
 
@@ -262,10 +266,14 @@ impl Scheduler {
         loop {
             let batch = self.run_batch().await?;
             let claimed = batch.claimed;
+            let left_due = batch.left_due;
             report += batch;
-            // Every claimed row leaves the claimable set (queued, waiting, closed or deferred),
-            // so a full batch means there may be more, and the loop always ends.
-            if i64::try_from(claimed).unwrap_or(i64::MAX) < self.rules.batch_size {
+            // Every claimed row leaves the claimable set (queued, waiting, closed or deferred)
+            // but the few left due for their arriving jamaah, so a full batch means there may be
+            // more, and the loop always ends (a batch of nothing but those waits for the next tick).
+            if i64::try_from(claimed).unwrap_or(i64::MAX) < self.rules.batch_size
+                || left_due == claimed
+            {
                 break;
             }
         }
@@ -334,7 +342,15 @@ impl Scheduler {
                 Decision::Fail(reason) => {
                     closed.entry(("failed", reason)).or_default().push(row.id)
                 }
-                Decision::Defer(until) => deferred.entry(until).or_default().push(row.id),
+                Decision::Defer(until) => {
+                    if self.jamaah_is_surely_unknown(conn, row).await? {
+                        deferred.entry(until).or_default().push(row.id);
+                    } else {
+                        // The jamaah arrived meanwhile, or is arriving: still due, the next batch
+                        // or tick sends it.
+                        report.left_due += 1;
+                    }
+                }
             }
         }
         db::set_reminders_status(conn, &waiting, "waiting_template", None).await?;
@@ -365,6 +381,23 @@ impl Scheduler {
             }
         }
         Ok(report)
+    }
+
+    /// Whether the reminder's jamaah is unknown and will stay so until after this transaction:
+    /// its upsert is not under way (we hold its lock, so it waits for our commit, and its release
+    /// of held reminders then sees our hold) and has not committed. Holding a reminder without
+    /// this check raced with the upsert: a release that ran before our hold was committed missed
+    /// it, and the reminder waited out the whole deferral.
+    async fn jamaah_is_surely_unknown(
+        &self,
+        conn: &mut AsyncPgConnection,
+        row: &ClaimedReminder,
+    ) -> Result<bool, TickError> {
+        let Some(jamaah_id) = row.jamaah_id.as_deref() else {
+            return Ok(true);
+        };
+        Ok(db::try_lock_jamaah(conn, &row.tenant_id, jamaah_id).await?
+            && !db::jamaah_exists(conn, &row.tenant_id, jamaah_id).await?)
     }
 
     fn decide(&self, row: &ClaimedReminder, now: DateTime<Utc>) -> Decision {

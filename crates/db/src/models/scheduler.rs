@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Date, Integer, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Date, Integer, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 
@@ -714,6 +714,66 @@ pub async fn defer_reminders(
         ))
         .execute(conn)
         .await
+}
+
+/// Seed of the jamaah lock's key hash (`hashtextextended(key, seed)`): keeps these keys apart from
+/// the other one-key advisory locks the services take.
+const JAMAAH_LOCK_SEED: i64 = 0x4a41_4d41; // "JAMA"
+
+/// Takes the transaction-scoped lock of a jamaah, waiting for it. The jamaah's upsert takes it
+/// first, so a tick that holds it (see [`try_lock_jamaah`]) knows the jamaah's events are not half
+/// applied: either committed (the jamaah is there) or not started (their release of held
+/// reminders will see what the tick commits).
+pub async fn lock_jamaah(
+    conn: &mut AsyncPgConnection,
+    tenant: &str,
+    jamaah_id: &str,
+) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, $3))")
+        .bind::<Text, _>(tenant)
+        .bind::<Text, _>(jamaah_id)
+        .bind::<BigInt, _>(JAMAAH_LOCK_SEED)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+/// Takes the lock of [`lock_jamaah`] if it is free; false when the jamaah's upsert holds it.
+pub async fn try_lock_jamaah(
+    conn: &mut AsyncPgConnection,
+    tenant: &str,
+    jamaah_id: &str,
+) -> QueryResult<bool> {
+    let answer: Locked = diesel::sql_query(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || '/' || $2, $3)) AS locked",
+    )
+    .bind::<Text, _>(tenant)
+    .bind::<Text, _>(jamaah_id)
+    .bind::<BigInt, _>(JAMAAH_LOCK_SEED)
+    .get_result(conn)
+    .await?;
+    Ok(answer.locked)
+}
+
+/// Whether the jamaah is known (read now, so it sees what committed since the transaction began).
+pub async fn jamaah_exists(
+    conn: &mut AsyncPgConnection,
+    tenant: &str,
+    jamaah_id: &str,
+) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        jamaah::table
+            .filter(jamaah::tenant_id.eq(tenant))
+            .filter(jamaah::jamaah_id.eq(jamaah_id)),
+    ))
+    .get_result(conn)
+    .await
 }
 
 /// Brings back the reminders of a jamaah that were deferred because the jamaah was not known yet

@@ -1167,6 +1167,48 @@ async fn a_reminder_whose_jamaah_is_not_known_yet_waits_for_the_jamaah_and_goes_
 }
 
 #[tokio::test]
+async fn a_reminder_is_not_held_back_while_its_jamaah_is_being_recorded() {
+    let app = spawn_app_with(Options {
+        offsets: vec![0],
+        ..Options::default()
+    })
+    .await;
+    app.ok(
+        routing::PAYMENT_SCHEDULE_UPSERTED,
+        schedule("sched-1", "j1", "2026-12-08", 1_500_000, "unpaid"),
+    )
+    .await;
+    app.clock.set(at("2026-12-08T03:00:00Z"));
+    // The jamaah's upsert is under way in another transaction (it holds the jamaah's lock): once
+    // it commits, its release of held reminders may already have run.
+    let mut upsert = app.db.conn().await;
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("BEGIN"), &mut upsert)
+        .await
+        .unwrap();
+    wa_db::models::scheduler::lock_jamaah(&mut upsert, TENANT, "j1")
+        .await
+        .unwrap();
+
+    let report = app.tick().await;
+
+    assert_eq!(
+        (report.deferred, report.left_due),
+        (0, 1),
+        "left due, not held back for the deferral"
+    );
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("COMMIT"), &mut upsert)
+        .await
+        .unwrap();
+    app.ok(
+        routing::JAMAAH_UPSERTED,
+        jamaah("j1", "0812-1111-2222", "registered", "pkg-1"),
+    )
+    .await;
+    app.tick().await;
+    assert_eq!(app.take_send_jobs().await.len(), 1, "sent at the next tick");
+}
+
+#[tokio::test]
 async fn a_jamaah_without_a_usable_phone_number_fails_the_reminder_with_the_reason() {
     let app = spawn_app_with(Options {
         offsets: vec![0],
