@@ -17,6 +17,7 @@
 //! `multiple` ack.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +35,11 @@ use crate::consumer::report;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// Longest an ack waits behind an older delivery that is still being handled.
 pub const HOLD: Duration = Duration::from_millis(25);
+/// Longest we wait for lapin to take an ack, nack or reject. It answers in microseconds unless
+/// the connection died under it: a settle queued just as lapin's internal loop stopped is never
+/// answered, and waiting for it stopped a consumer from ever re-subscribing (a chaos run's
+/// scheduler, after a broker restart under load). The broker redelivers what a dead channel held.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The acks of one consume session (one channel: delivery tags restart with a new one).
 pub(crate) struct AckBatch {
@@ -57,7 +63,8 @@ impl AckBatch {
         batch
     }
 
-    /// Stops the flusher once it has sent every ack recorded; later acks go out directly.
+    /// Stops the flusher once it has sent every ack recorded (or given up after
+    /// [`SETTLE_TIMEOUT`]); later acks go out directly.
     pub(crate) async fn finish(&self) {
         self.stop.cancel();
         let flusher = self
@@ -65,11 +72,19 @@ impl AckBatch {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(flusher) = flusher
-            && let Err(error) = flusher.await
-            && !error.is_cancelled()
-        {
-            tracing::error!(error = %error, "ack flusher failed");
+        let Some(mut flusher) = flusher else { return };
+        // Each settle is bounded, but many of them on a dead connection would add up.
+        match tokio::time::timeout(SETTLE_TIMEOUT, &mut flusher).await {
+            Ok(Err(error)) if !error.is_cancelled() => {
+                tracing::error!(error = %error, "ack flusher failed");
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(
+                    "the last acks got no answer from the connection; the broker will redeliver what its channel held"
+                );
+                flusher.abort();
+            }
         }
     }
 
@@ -99,29 +114,32 @@ impl AckBatch {
             Some(false) => {}
             // The session is over: ack directly (a delivery from before a reconnect is refused
             // by lapin, and the broker redelivers it).
-            None => report(
-                "basic.ack",
-                delivery.acker.ack(BasicAckOptions::default()).await,
-            ),
+            None => {
+                settle("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await;
+            }
         }
     }
 
     /// Gives `delivery` back with `basic.reject(requeue)` (counts toward the delivery limit).
     pub(crate) async fn reject_requeue(&self, delivery: &Delivery) {
-        let sent = delivery.reject(BasicRejectOptions { requeue: true }).await;
-        report("basic.reject", sent);
+        settle(
+            "basic.reject",
+            delivery.reject(BasicRejectOptions { requeue: true }),
+        )
+        .await;
         self.given_back(delivery.delivery_tag);
     }
 
     /// Gives `delivery` back with `basic.nack(requeue)`.
     pub(crate) async fn nack_requeue(&self, delivery: &Delivery) {
-        let sent = delivery
-            .nack(BasicNackOptions {
+        settle(
+            "basic.nack",
+            delivery.nack(BasicNackOptions {
                 multiple: false,
                 requeue: true,
-            })
-            .await;
-        report("basic.nack", sent);
+            }),
+        )
+        .await;
         self.given_back(delivery.delivery_tag);
     }
 
@@ -159,19 +177,31 @@ impl AckBatch {
             (multiple, single, !state.ready.is_empty())
         };
         if let Some(acker) = multiple {
-            report(
-                "basic.ack",
-                acker.ack(BasicAckOptions { multiple: true }).await,
-            );
+            settle("basic.ack", acker.ack(BasicAckOptions { multiple: true })).await;
         }
         for acker in single {
-            report("basic.ack", acker.ack(BasicAckOptions::default()).await);
+            settle("basic.ack", acker.ack(BasicAckOptions::default())).await;
         }
         left
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<Acker>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Awaits an ack, nack or reject for at most [`SETTLE_TIMEOUT`] and logs how it went.
+pub(crate) async fn settle(
+    operation: &'static str,
+    sent: impl Future<Output = Result<bool, lapin::Error>>,
+) {
+    match tokio::time::timeout(SETTLE_TIMEOUT, sent).await {
+        Ok(result) => report(operation, result),
+        Err(_) => tracing::warn!(
+            operation,
+            timeout = ?SETTLE_TIMEOUT,
+            "settling got no answer from the connection; the broker will redeliver the message if its channel is gone"
+        ),
     }
 }
 
@@ -280,6 +310,15 @@ mod tests {
         // 2 never finished: 1 goes as a multiple ack (covering only itself), 3 and 4 one by one.
         assert_eq!(s.take(now, HOLD, true), (Some(1), vec![3, 4]));
         assert_eq!(s.unsettled.iter().copied().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settle_the_connection_never_answers_is_given_up_after_the_timeout() {
+        let started = Instant::now();
+
+        settle("basic.ack", std::future::pending()).await;
+
+        assert_eq!(started.elapsed(), SETTLE_TIMEOUT);
     }
 
     #[test]

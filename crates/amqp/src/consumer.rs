@@ -50,7 +50,7 @@ use wa_common::topology::{
     HEADER_ORIGINAL_ROUTING_KEY, HEADER_TENANT_ID, exchange, retry_exchange_for, retry_tier_for,
 };
 
-use crate::acks::AckBatch;
+use crate::acks::{AckBatch, SETTLE_TIMEOUT};
 use crate::connection::Connection;
 use crate::error::{AmqpError, PublishError};
 use crate::publisher::{ConfirmChannel, DEFAULT_CONFIRM_TIMEOUT, await_confirm, publish_mandatory};
@@ -625,25 +625,27 @@ async fn open_session(
 /// Stops deliveries and gives back the ones prefetched but not started, so another replica can
 /// take them right away.
 async fn stop_consuming(channel: &Channel, consumer: &mut Consumer) {
-    if let Err(error) = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await
-    {
-        tracing::warn!(error = %error, "basic.cancel failed; unstarted deliveries return when the channel closes");
-        return;
+    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    match tokio::time::timeout(SETTLE_TIMEOUT, cancel).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "basic.cancel failed; unstarted deliveries return when the channel closes");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?SETTLE_TIMEOUT, "basic.cancel got no answer; unstarted deliveries return when the channel closes");
+            return;
+        }
     }
     let mut returned = 0_u32;
     while let Ok(Some(Ok(delivery))) =
         tokio::time::timeout(PREFETCH_DRAIN_WAIT, consumer.next()).await
     {
-        if delivery
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await
-            .is_ok()
-        {
+        let nack = delivery.nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        });
+        if let Ok(Ok(_)) = tokio::time::timeout(SETTLE_TIMEOUT, nack).await {
             returned += 1;
         }
     }

@@ -421,12 +421,27 @@ fn is_alive(channel: &Channel) -> bool {
     channel.status().connected() || channel.status().reconnecting()
 }
 
+/// Longest the opening of a confirm channel may take: lapin leaves a request queued just as its
+/// connection died unanswered for good, and the consume loop opens these between deliveries.
+const OPEN_CHANNEL_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn open_confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
+    let open = async {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(channel)
+    };
+    tokio::time::timeout(OPEN_CHANNEL_TIMEOUT, open)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "opening a confirm channel got no answer",
+            )
+            .into())
+        })
 }
 
 #[cfg(test)]

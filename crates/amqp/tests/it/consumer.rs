@@ -366,3 +366,67 @@ async fn acks_of_later_deliveries_go_out_while_an_earlier_one_is_still_handled_a
     assert_eq!(queue_len(&channel, &setup.target.queue).await?, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_comes_back_after_every_connection_drop_however_busy_its_acks_were()
+-> anyhow::Result<()> {
+    // Arrange: the consume connection goes through a proxy that can drop it; the handler acks
+    // at once, so acks are on their way whenever the connection drops. (A chaos run once saw a
+    // consumer that never came back after the broker restarted under load.)
+    init_tracing();
+    let broker = TestBroker::new().await?;
+    let publisher = Publisher::new(broker.declared().await?).await?;
+    let proxy = wa_testkit::proxy::TcpProxy::start("127.0.0.1:5672").await?;
+    let consume =
+        Arc::new(wa_amqp::connect(&proxy.rewrite_url(&broker.amqp_url), "consume").await?);
+    let target = plain_work_queue();
+    let (handler, mut seen) = recording(|_| async { Outcome::Ack });
+    let consumer = spawn_consumer(
+        consume.clone(),
+        &target.queue,
+        ConsumerOptions::new(200, 64),
+        handler,
+    );
+    let publish = |body: serde_json::Value| {
+        let (publisher, target) = (&publisher, &target);
+        async move {
+            publisher
+                .publish_json(
+                    &target.exchange,
+                    &target.routing_key,
+                    &body,
+                    PublishOptions::default(),
+                )
+                .await
+        }
+    };
+
+    for round in 0..12 {
+        // Act: a burst being consumed and acked, and the connection dropped in the middle of it.
+        for n in 0..300 {
+            publish(serde_json::json!({ "round": round, "n": n })).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(round * 7 % 40)).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.restore();
+
+        // Assert: a message published afterwards is handled (redeliveries of the burst may come
+        // first).
+        let marker = serde_json::json!({ "round": round, "marker": true });
+        publish(marker.clone()).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = tokio::time::timeout(left, seen.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("round {round}: the consumer did not come back"))?
+                .expect("handler channel closed");
+            if message.json::<serde_json::Value>().ok().as_ref() == Some(&marker) {
+                break;
+            }
+        }
+    }
+    consumer.stop().await?;
+    Ok(())
+}
