@@ -277,7 +277,7 @@ async fn capped() -> anyhow::Result<Vec<Figure>> {
     eprintln!(
         "sender capped: first send {:.0} ms after the first publish, first to last send {:.3} s \
          (the slot rule alone: {:.3} s), longest gap between sends {:.1} ms, tightest span of {} sends {:.1} ms from send #{}, slots missed by a late \
-         claim {}, a late wake-up {} or the rule on answers {}, slots unused {}",
+         claim {}, a late wake-up {}, the rule on answers {} or a lease in doubt {}, slots unused {}",
         schedule.first_after.as_secs_f64() * 1e3,
         schedule.first_to_last.as_secs_f64(),
         slot_rule(CAP)
@@ -290,6 +290,7 @@ async fn capped() -> anyhow::Result<Vec<Figure>> {
         slots.late_claim as u64,
         slots.late_wake_up as u64,
         slots.answers as u64,
+        slots.lease as u64,
         slots.unused as u64,
     );
     let stats = mock.stats();
@@ -480,6 +481,9 @@ struct SlotCounts {
     late_wake_up: f64,
     /// Slots given up under the rule on answers (a stalled receiver answered late).
     answers: f64,
+    /// Slots given up because the number's sending lease might end before the send (a replica
+    /// losing the number hands its jobs to the next holder).
+    lease: f64,
     /// Slots nobody waited for.
     unused: f64,
 }
@@ -505,6 +509,11 @@ impl SlotCounts {
                 &text,
                 "wa_sender_missed_slots_total",
                 Some("reason=\"answers\""),
+            ),
+            lease: metric_sum(
+                &text,
+                "wa_sender_missed_slots_total",
+                Some("reason=\"lease\""),
             ),
             unused: metric_sum(&text, "wa_sender_unused_slots_total", None),
         })
