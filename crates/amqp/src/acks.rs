@@ -84,6 +84,8 @@ impl AckBatch {
                     "the last acks got no answer from the connection; the broker will redeliver what its channel held"
                 );
                 flusher.abort();
+                // As the flusher would have: acks recorded from now go out directly.
+                self.lock().stopped = true;
             }
         }
     }
