@@ -29,16 +29,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::answered;
 use crate::consumer::report;
 
 /// How long acks gather before a flush sends them.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// Longest an ack waits behind an older delivery that is still being handled.
 pub const HOLD: Duration = Duration::from_millis(25);
-/// Longest we wait for lapin to take an ack, nack or reject. It answers in microseconds unless
-/// the connection died under it: a settle queued just as lapin's internal loop stopped is never
-/// answered, and waiting for it stopped a consumer from ever re-subscribing (a chaos run's
-/// scheduler, after a broker restart under load). The broker redelivers what a dead channel held.
+/// Longest we wait for lapin to take an ack, nack or reject (see [`answered`]): waiting for good
+/// once kept a consumer from ever re-subscribing (a chaos run's scheduler, after a broker restart
+/// under load). The broker redelivers what a dead channel held.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The acks of one consume session (one channel: delivery tags restart with a new one).
@@ -197,14 +197,7 @@ pub(crate) async fn settle(
     operation: &'static str,
     sent: impl Future<Output = Result<bool, lapin::Error>>,
 ) {
-    match tokio::time::timeout(SETTLE_TIMEOUT, sent).await {
-        Ok(result) => report(operation, result),
-        Err(_) => tracing::warn!(
-            operation,
-            timeout = ?SETTLE_TIMEOUT,
-            "settling got no answer from the connection; the broker will redeliver the message if its channel is gone"
-        ),
-    }
+    report(operation, answered(operation, SETTLE_TIMEOUT, sent).await);
 }
 
 /// Delivery tags in flight and the acks waiting to be sent, with whatever sends an ack (`A`).

@@ -13,6 +13,7 @@
 //! open new ones on the new connection; unacked deliveries of the old one are redelivered by the
 //! broker (handlers are idempotent).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -224,6 +225,25 @@ async fn supervise(shared: Weak<Shared>) {
 }
 
 /// Authentication and protocol mismatches will not fix themselves; everything else might.
+/// `request` (an ack, a cancel, a channel opening) if lapin answers it within `limit`, else a
+/// timed-out error naming `what`. lapin never answers a request queued just as its connection's
+/// internal loop stopped, and a caller waiting for it for good never reconnects.
+pub(crate) async fn answered<T>(
+    what: &'static str,
+    limit: Duration,
+    request: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    tokio::time::timeout(limit, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{what} got no answer within {limit:?}"),
+            )
+            .into())
+        })
+}
+
 fn is_worth_retrying(err: &lapin::Error) -> bool {
     !matches!(
         err.kind(),

@@ -51,7 +51,7 @@ use wa_common::topology::{
 };
 
 use crate::acks::{AckBatch, SETTLE_TIMEOUT};
-use crate::connection::Connection;
+use crate::connection::{Connection, answered};
 use crate::error::{AmqpError, PublishError};
 use crate::publisher::{ConfirmChannel, DEFAULT_CONFIRM_TIMEOUT, await_confirm, publish_mandatory};
 use crate::queue_metrics::{self, HEADER_AVAILABLE_AT, Watch};
@@ -626,16 +626,9 @@ async fn open_session(
 /// take them right away.
 async fn stop_consuming(channel: &Channel, consumer: &mut Consumer) {
     let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
-    match tokio::time::timeout(SETTLE_TIMEOUT, cancel).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(error = %error, "basic.cancel failed; unstarted deliveries return when the channel closes");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(timeout = ?SETTLE_TIMEOUT, "basic.cancel got no answer; unstarted deliveries return when the channel closes");
-            return;
-        }
+    if let Err(error) = answered("basic.cancel", SETTLE_TIMEOUT, cancel).await {
+        tracing::warn!(error = %error, "basic.cancel failed; unstarted deliveries return when the channel closes");
+        return;
     }
     let mut returned = 0_u32;
     while let Ok(Some(Ok(delivery))) =
@@ -645,7 +638,7 @@ async fn stop_consuming(channel: &Channel, consumer: &mut Consumer) {
             multiple: false,
             requeue: true,
         });
-        if let Ok(Ok(_)) = tokio::time::timeout(SETTLE_TIMEOUT, nack).await {
+        if answered("basic.nack", SETTLE_TIMEOUT, nack).await.is_ok() {
             returned += 1;
         }
     }

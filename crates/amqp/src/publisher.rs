@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use wa_common::topology::HEADER_TENANT_ID;
 
-use crate::connection::{Connection, connect};
+use crate::connection::{Connection, answered, connect};
 use crate::error::{AmqpError, PublishError};
 use crate::trace_context::{current_context, inject_context};
 
@@ -421,8 +421,8 @@ fn is_alive(channel: &Channel) -> bool {
     channel.status().connected() || channel.status().reconnecting()
 }
 
-/// Longest the opening of a confirm channel may take: lapin leaves a request queued just as its
-/// connection died unanswered for good, and the consume loop opens these between deliveries.
+/// Longest the opening of a confirm channel may take (see [`answered`]): the consume loop opens
+/// these between deliveries.
 const OPEN_CHANNEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn open_confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
@@ -433,15 +433,7 @@ async fn open_confirm_channel(connection: &Connection) -> Result<Channel, lapin:
             .await?;
         Ok(channel)
     };
-    tokio::time::timeout(OPEN_CHANNEL_TIMEOUT, open)
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "opening a confirm channel got no answer",
-            )
-            .into())
-        })
+    answered("opening a confirm channel", OPEN_CHANNEL_TIMEOUT, open).await
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// A broker vhost with the topology, a publisher and a separate consume connection.
 struct Setup {
-    _broker: TestBroker,
+    broker: TestBroker,
     target: Target,
     publisher: Publisher,
     consume: Arc<wa_amqp::Connection>,
@@ -31,7 +31,7 @@ async fn setup() -> anyhow::Result<Setup> {
     let publisher = Publisher::new(broker.declared().await?).await?;
     let consume = Arc::new(broker.connect("consume").await?);
     Ok(Setup {
-        _broker: broker,
+        broker,
         target: plain_work_queue(),
         publisher,
         consume,
@@ -373,38 +373,22 @@ async fn the_consumer_comes_back_after_every_connection_drop_however_busy_its_ac
     // Arrange: the consume connection goes through a proxy that can drop it; the handler acks
     // at once, so acks are on their way whenever the connection drops. (A chaos run once saw a
     // consumer that never came back after the broker restarted under load.)
-    init_tracing();
-    let broker = TestBroker::new().await?;
-    let publisher = Publisher::new(broker.declared().await?).await?;
+    let setup = setup().await?;
     let proxy = wa_testkit::proxy::TcpProxy::start("127.0.0.1:5672").await?;
     let consume =
-        Arc::new(wa_amqp::connect(&proxy.rewrite_url(&broker.amqp_url), "consume").await?);
-    let target = plain_work_queue();
+        Arc::new(wa_amqp::connect(&proxy.rewrite_url(&setup.broker.amqp_url), "consume").await?);
     let (handler, mut seen) = recording(|_| async { Outcome::Ack });
     let consumer = spawn_consumer(
-        consume.clone(),
-        &target.queue,
+        consume,
+        &setup.target.queue,
         ConsumerOptions::new(200, 64),
         handler,
     );
-    let publish = |body: serde_json::Value| {
-        let (publisher, target) = (&publisher, &target);
-        async move {
-            publisher
-                .publish_json(
-                    &target.exchange,
-                    &target.routing_key,
-                    &body,
-                    PublishOptions::default(),
-                )
-                .await
-        }
-    };
 
     for round in 0..12 {
         // Act: a burst being consumed and acked, and the connection dropped in the middle of it.
         for n in 0..300 {
-            publish(serde_json::json!({ "round": round, "n": n })).await?;
+            publish_inbound(&setup, &serde_json::json!({ "round": round, "n": n })).await?;
         }
         tokio::time::sleep(Duration::from_millis(round * 7 % 40)).await;
         proxy.cut();
@@ -414,7 +398,7 @@ async fn the_consumer_comes_back_after_every_connection_drop_however_busy_its_ac
         // Assert: a message published afterwards is handled (redeliveries of the burst may come
         // first).
         let marker = serde_json::json!({ "round": round, "marker": true });
-        publish(marker.clone()).await?;
+        publish_inbound(&setup, &marker).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
